@@ -1,0 +1,170 @@
+//! The host's configuration: built-in defaults, under the user's TOML file, under `WEIR_*`
+//! environment variables. Unknown keys are errors; every error names the file, line and key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::plugin::Limits;
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid for weir.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// An environment variable has a bad value.
+    #[error("environment variable {name}={value:?}: {message}")]
+    Env {
+        /// Variable name.
+        name: String,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A `Result` with a [`ConfigError`].
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the host listens and keeps its data.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Caps every plugin runs under.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The plugins to load.
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<PluginConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTP listen address (loopback by default). Env: `WEIR_HTTP`.
+    pub http: SocketAddr,
+    /// Data directory (checkpoints, embedded log, compiled-plugin cache). Env: `WEIR_DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// Events per plugin call.
+    pub batch_size: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            http: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("data"),
+            batch_size: 1024,
+        }
+    }
+}
+
+/// `[[plugin]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// A `.wasm` component, or a plugin crate directory that weir builds first. Relative paths
+    /// are relative to the config file.
+    pub path: PathBuf,
+    /// Parameters the plugin reads with `param(name)`.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Parse a config file's text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            let before = &text[..offset.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().trim().to_string() }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for plugin in &mut config.plugins {
+            if plugin.path.is_relative() {
+                plugin.path = base.join(&plugin.path);
+            }
+        }
+        if config.server.data_dir.is_relative() {
+            config.server.data_dir = base.join(&config.server.data_dir);
+        }
+        Ok(config)
+    }
+
+    /// Read and parse a config file, then apply `WEIR_*` overrides.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config = Config::parse(path, &text)?;
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    /// Apply `WEIR_HTTP` and `WEIR_DATA_DIR`.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(value) = var("WEIR_HTTP") {
+            self.server.http = value.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                name: "WEIR_HTTP".into(),
+                value: value.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        if let Some(value) = var("WEIR_DATA_DIR") {
+            self.server.data_dir = PathBuf::from(value);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = Config::parse(Path::new("weir.toml"), "[server]\nhttp = \"127.0.0.1:1\"\nhtpp = 3\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("weir.toml:3:1: unknown field `htpp`"), "{text}");
+    }
+
+    #[test]
+    fn plugin_paths_are_relative_to_the_file() {
+        let config = Config::parse(Path::new("config/weir.toml"), "[[plugin]]\npath = \"../plugins/orders\"\n").unwrap();
+        assert_eq!(config.plugins[0].path, Path::new("config/../plugins/orders"));
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let mut config = Config::default();
+        config.apply_env(|n| (n == "WEIR_HTTP").then(|| "127.0.0.1:9999".to_string())).unwrap();
+        assert_eq!(config.server.http.port(), 9999);
+        let err = config.apply_env(|n| (n == "WEIR_HTTP").then(|| "nope".to_string())).unwrap_err();
+        assert!(err.to_string().contains("WEIR_HTTP=\"nope\""), "{err}");
+    }
+}

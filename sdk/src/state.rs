@@ -1,0 +1,176 @@
+//! Per-plugin keyed state, with the writes of one event kept apart until the event succeeds.
+
+use std::collections::HashMap;
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{Error, Result};
+
+/// The writes of the event being handled. They are visible to later reads of the same event and
+/// reach the host only when the event succeeds, so a refused event leaves state untouched.
+#[derive(Default)]
+pub(crate) struct StateTxn {
+    writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl StateTxn {
+    pub(crate) fn get_bytes(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self.writes.get(key) {
+            Some(written) => written.clone(),
+            None => sys::state_get(key),
+        }
+    }
+
+    pub(crate) fn put_bytes(&mut self, key: &[u8], value: Vec<u8>) {
+        self.writes.insert(key.to_vec(), Some(value));
+    }
+
+    pub(crate) fn delete(&mut self, key: &[u8]) {
+        self.writes.insert(key.to_vec(), None);
+    }
+
+    pub(crate) fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.get_bytes(key.as_bytes())
+            .map(|bytes| serde_json::from_slice(&bytes))
+            .transpose()
+            .map_err(|e| Error::msg(format!("state entry {key:?} does not decode: {e}")))
+    }
+
+    pub(crate) fn put<T: Serialize>(&mut self, key: &str, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| Error::msg(format!("state entry {key:?} does not encode: {e}")))?;
+        self.put_bytes(key.as_bytes(), bytes);
+        Ok(())
+    }
+
+    pub(crate) fn commit(self) {
+        for (key, value) in self.writes {
+            match value {
+                Some(value) => sys::state_put(&key, &value),
+                None => sys::state_delete(&key),
+            }
+        }
+    }
+}
+
+/// Run `handle` on each event with its own state transaction, committed only if it succeeds.
+pub(crate) fn run_batch<O>(
+    events: impl IntoIterator<Item = crate::Event>,
+    handle: impl Fn(&mut StateTxn, &crate::Event) -> Result<O>,
+) -> Vec<Result<O>> {
+    events
+        .into_iter()
+        .map(|event| {
+            let mut state = StateTxn::default();
+            let outcome = handle(&mut state, &event);
+            if outcome.is_ok() {
+                state.commit();
+            }
+            outcome
+        })
+        .collect()
+}
+
+/// Generates the state and parameter accessors shared by both plugin contexts.
+macro_rules! state_accessors {
+    ($ctx:ident) => {
+        impl $ctx<'_> {
+            /// Read a JSON-encoded state entry.
+            pub fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> $crate::Result<Option<T>> {
+                self.state.get(key)
+            }
+
+            /// Write a JSON-encoded state entry. Kept only if this event succeeds.
+            pub fn put<T: serde::Serialize>(&mut self, key: &str, value: &T) -> $crate::Result<()> {
+                self.state.put(key, value)
+            }
+
+            /// Remove a state entry. Kept only if this event succeeds.
+            pub fn delete_state(&mut self, key: &str) {
+                self.state.delete(key.as_bytes())
+            }
+
+            /// Read a raw state entry.
+            pub fn get_bytes(&self, key: &[u8]) -> Option<Vec<u8>> {
+                self.state.get_bytes(key)
+            }
+
+            /// Write a raw state entry. Kept only if this event succeeds.
+            pub fn put_bytes(&mut self, key: &[u8], value: Vec<u8>) {
+                self.state.put_bytes(key, value)
+            }
+
+            /// A parameter given at deploy time.
+            pub fn param(&self, name: &str) -> Option<String> {
+                $crate::state::sys::param(name)
+            }
+        }
+    };
+}
+pub(crate) use state_accessors;
+
+/// The host services: the WIT imports on wasm, an in-memory stand-in natively (for tests).
+#[cfg(target_arch = "wasm32")]
+pub(crate) mod sys {
+    use crate::Level;
+    use crate::bindings::{host, state};
+
+    pub(crate) fn state_get(key: &[u8]) -> Option<Vec<u8>> {
+        state::get(key)
+    }
+    pub(crate) fn state_put(key: &[u8], value: &[u8]) {
+        state::put(key, value)
+    }
+    pub(crate) fn state_delete(key: &[u8]) {
+        state::delete(key)
+    }
+    pub(crate) fn param(name: &str) -> Option<String> {
+        host::param(name)
+    }
+    pub(crate) fn log(level: Level, message: &str) {
+        let level = match level {
+            Level::Trace => host::LogLevel::Trace,
+            Level::Debug => host::LogLevel::Debug,
+            Level::Info => host::LogLevel::Info,
+            Level::Warn => host::LogLevel::Warn,
+            Level::Error => host::LogLevel::Error,
+        };
+        host::log(level, message)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) mod sys {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    use crate::Level;
+
+    /// What the native stand-in host holds for the current thread.
+    #[derive(Default)]
+    pub(crate) struct NativeHost {
+        pub(crate) state: BTreeMap<Vec<u8>, Vec<u8>>,
+        pub(crate) params: BTreeMap<String, String>,
+        pub(crate) logs: Vec<(Level, String)>,
+    }
+
+    thread_local! {
+        pub(crate) static HOST: RefCell<NativeHost> = RefCell::new(NativeHost::default());
+    }
+
+    pub(crate) fn state_get(key: &[u8]) -> Option<Vec<u8>> {
+        HOST.with_borrow(|h| h.state.get(key).cloned())
+    }
+    pub(crate) fn state_put(key: &[u8], value: &[u8]) {
+        HOST.with_borrow_mut(|h| h.state.insert(key.to_vec(), value.to_vec()));
+    }
+    pub(crate) fn state_delete(key: &[u8]) {
+        HOST.with_borrow_mut(|h| h.state.remove(key));
+    }
+    pub(crate) fn param(name: &str) -> Option<String> {
+        HOST.with_borrow(|h| h.params.get(name).cloned())
+    }
+    pub(crate) fn log(level: Level, message: &str) {
+        HOST.with_borrow_mut(|h| h.logs.push((level, message.to_string())));
+    }
+}
