@@ -1,0 +1,9 @@
+//! The host's integration tests: one binary, so the 2-core machine links once.
+//!
+//! Everything here uses real components built from real Rust crates (the example plugins in
+//! `plugins/` and the fixtures in `tests/fixtures/`), through the real runtime.
+
+mod cli;
+mod golden;
+mod hostile;
+mod support;
