@@ -38,6 +38,9 @@ enum Command {
         /// Exit after printing instead of serving.
         #[arg(long)]
         no_serve: bool,
+        /// Run this plugin too (a crate directory, built first, or a .wasm file). Repeatable.
+        #[arg(long = "plugin")]
+        plugins: Vec<PathBuf>,
     },
     /// Work with plugins.
     Plugin {
@@ -83,11 +86,12 @@ pub fn run() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(plugin.info())?);
             Ok(())
         }
-        Command::Demo { events, http, no_serve } => {
+        Command::Demo { events, http, no_serve, plugins } => {
             let options = weir_host::demo::DemoOptions {
                 events,
                 batch_size: 1024,
                 cache_dir: std::env::temp_dir().join("weir-demo").join("wasm-cache"),
+                extra_plugins: plugins,
             };
             let statuses = weir_host::demo::run(&options)?;
             if no_serve {

@@ -160,6 +160,15 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_configs_parse() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/weir.toml"));
+        let config = Config::parse(path, include_str!("../../config/weir.toml")).unwrap();
+        assert_eq!(config.plugins.len(), 2);
+        assert_eq!(config.limits, Limits::default());
+        assert!(config.server.http.ip().is_loopback());
+    }
+
+    #[test]
     fn env_overrides_the_file() {
         let mut config = Config::default();
         config.apply_env(|n| (n == "WEIR_HTTP").then(|| "127.0.0.1:9999".to_string())).unwrap();

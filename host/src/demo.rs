@@ -230,6 +230,8 @@ pub struct DemoOptions {
     pub batch_size: usize,
     /// Where the compiled-plugin cache lives.
     pub cache_dir: PathBuf,
+    /// More plugins to run beside the examples: crate directories (built first) or `.wasm` files.
+    pub extra_plugins: Vec<PathBuf>,
 }
 
 /// Build and load the example plugins, run the feed, print the results. Returns the plugins'
@@ -246,6 +248,10 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<Vec<PluginStatus>> {
         runtime.load(&orders_wasm, BTreeMap::new())?,
         runtime.load(&alerts_wasm, BTreeMap::from([("threshold".to_string(), "2500".to_string())]))?,
     ];
+    for path in &options.extra_plugins {
+        let wasm = if path.is_dir() { crate::build::build_plugin(path)? } else { path.clone() };
+        plugins.push(runtime.load(&wasm, BTreeMap::new())?);
+    }
     println!("loaded {} plugins in {:.0?}:", plugins.len(), started.elapsed());
     for p in &plugins {
         let what = match &p.info().kind {
@@ -273,6 +279,21 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<Vec<PluginStatus>> {
     }
 
     print_answers(&report);
+    for plugin in &plugins[2..] {
+        if let PluginKind::Projection { tables } = &plugin.info().kind {
+            for schema in tables {
+                let Some(table) = report.tables.get(&schema.name) else { continue };
+                let header: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+                let rows: Vec<Vec<String>> =
+                    table.rows.values().take(3).map(|r| r.iter().map(ToString::to_string).collect()).collect();
+                print_table(
+                    &format!("{}: table {} has {} rows; the first three:", plugin.info().label(), schema.name, table.rows.len()),
+                    &header,
+                    &rows,
+                );
+            }
+        }
+    }
 
     let flagged: Vec<Vec<String>> = report
         .emitted

@@ -49,8 +49,14 @@ impl OrderStream {
         if r % 50 == 0 { 100_000 + r % 400_000 } else { 500 + r % 60_000 }
     }
 
-    fn push(&mut self, event_type: &str, k: u64, payload: String) {
+    fn push(&mut self, event_type: &str, k: u64, fields: String) {
         let order_id = format!("o-{k:09}");
+        // Every payload carries the envelope a real producer adds: source, schema, trace id.
+        let payload = format!(
+            r#"{{{fields},"source":"checkout-service","schema_version":1,"trace_id":"{:016x}{:016x}"}}"#,
+            self.mix(k, 20),
+            self.mix(self.offset, 21)
+        );
         let offset = self.offset;
         self.offset += 1;
         self.pending.push_back(Event {
@@ -77,7 +83,7 @@ impl OrderStream {
             "OrderPlaced",
             k,
             format!(
-                r#"{{"order_id":"o-{k:09}","customer_id":"c-{customer:06}","amount":{}.{:02},"currency":"EUR","skus":[{}],"channel":"{}","note":"deliver to the front desk"}}"#,
+                r#""order_id":"o-{k:09}","customer_id":"c-{customer:06}","amount":{}.{:02},"currency":"EUR","skus":[{}],"channel":"{}""#,
                 cents / 100,
                 cents % 100,
                 skus.join(","),
@@ -86,18 +92,18 @@ impl OrderStream {
         );
         if let Some(j) = k.checked_sub(2) {
             if self.mix(j, 5) % 10 == 7 {
-                self.push("OrderCancelled", j, format!(r#"{{"order_id":"o-{j:09}","reason":"customer changed their mind"}}"#));
+                self.push("OrderCancelled", j, format!(r#""order_id":"o-{j:09}","reason":"customer changed their mind""#));
             } else {
-                self.push("OrderPaid", j, format!(r#"{{"order_id":"o-{j:09}","method":"card","psp_reference":"psp-{:016x}"}}"#, self.mix(j, 6)));
+                self.push("OrderPaid", j, format!(r#""order_id":"o-{j:09}","method":"card","psp_reference":"psp-{:016x}""#, self.mix(j, 6)));
             }
         }
         if let Some(j) = k.checked_sub(5)
             && self.mix(j, 5) % 10 != 7
         {
             if self.mix(j, 7) % 10 == 3 {
-                self.push("OrderCancelled", j, format!(r#"{{"order_id":"o-{j:09}","reason":"out of stock"}}"#));
+                self.push("OrderCancelled", j, format!(r#""order_id":"o-{j:09}","reason":"out of stock""#));
             } else {
-                self.push("OrderShipped", j, format!(r#"{{"order_id":"o-{j:09}","carrier":"dhl","tracking":"trk-{:012x}"}}"#, self.mix(j, 8)));
+                self.push("OrderShipped", j, format!(r#""order_id":"o-{j:09}","carrier":"dhl","tracking":"trk-{:012x}""#, self.mix(j, 8)));
             }
         }
         self.step += 1;
@@ -124,9 +130,11 @@ mod tests {
         let a = OrderStream::take_events(7, 100, 3_000);
         let b = OrderStream::take_events(7, 100, 3_000);
         assert_eq!(a, b);
-        let placed: Vec<_> = a.iter().filter(|e| e.event_type == "OrderPlaced").collect();
-        let mean = placed.iter().map(|e| e.payload.len()).sum::<usize>() / placed.len();
-        assert!((150..=260).contains(&mean), "mean OrderPlaced payload {mean} bytes");
+        let mean = a.iter().map(|e| e.payload.len()).sum::<usize>() / a.len();
+        assert!((170..=230).contains(&mean), "mean payload {mean} bytes");
+        for e in &a {
+            serde_json::from_slice::<serde_json::Value>(&e.payload).expect("payload is JSON");
+        }
         assert!(a.windows(2).all(|w| w[1].position.offset == w[0].position.offset + 1));
     }
 }

@@ -464,6 +464,9 @@ impl Plugin {
             Ok(outputs) => {
                 if let Some(live) = &mut self.live {
                     live.store.data_mut().state.commit();
+                    if live.store.data().output.contents().len() > OUTPUT_PIPE_BYTES / 2 {
+                        self.park();
+                    }
                 }
                 outputs.into_iter().map(Ok).collect()
             }
@@ -548,9 +551,14 @@ impl Plugin {
         live.store.data_mut().state.rollback();
         let trapped = matches!(failure, Failure::Trapped(_) | Failure::CpuBudget(_) | Failure::MemoryCap(_));
         if trapped || live.store.data().output.contents().len() > OUTPUT_PIPE_BYTES / 2 {
-            if let Some(live) = self.live.take() {
-                self.parked_state = live.store.into_data().state;
-            }
+            self.park();
+        }
+    }
+
+    /// Drop the live instance, keeping its committed state for the next one.
+    fn park(&mut self) {
+        if let Some(live) = self.live.take() {
+            self.parked_state = live.store.into_data().state;
         }
     }
 
@@ -558,9 +566,7 @@ impl Plugin {
     fn describe(&mut self) -> Result<PluginInfo, String> {
         let live = self.live().map_err(|f| format!("failed to start: {f}"))?;
         let info = convert::call_describe(live).map_err(|e| self.trap_failure(e).to_string());
-        if let Some(live) = self.live.take() {
-            self.parked_state = live.store.into_data().state;
-        }
+        self.park();
         info
     }
 }

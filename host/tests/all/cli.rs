@@ -126,3 +126,35 @@ fn config_errors_name_file_line_and_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("loading plugin") && stderr.contains("nowhere.wasm"), "{stderr}");
 }
+
+/// The code blocks of README.md's "Write your first plugin", dedented.
+fn readme_block(lang: &str) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = &readme[readme.find("## Write your first plugin").expect("README section")..];
+    let start = section.find(&format!("```{lang}\n")).expect("code block") + lang.len() + 4;
+    let body = &section[start..];
+    let end = body.find("```").unwrap();
+    body[..end].lines().map(|l| l.strip_prefix("   ").unwrap_or(l)).collect::<Vec<_>>().join("\n").trim_end().to_string() + "\n"
+}
+
+#[test]
+fn the_readme_first_plugin_builds_tests_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("channels");
+    std::fs::create_dir_all(crate_dir.join("src")).unwrap();
+    let sdk = repo().join("sdk").canonicalize().unwrap();
+    // Standalone here (not inside plugins/), so it gets its own [workspace] and an absolute SDK path.
+    let manifest = readme_block("toml").replace("path = \"../../sdk\"", &format!("path = {:?}", sdk.display().to_string()))
+        + "\n[workspace]\n";
+    std::fs::write(crate_dir.join("Cargo.toml"), manifest).unwrap();
+    std::fs::write(crate_dir.join("src/lib.rs"), readme_block("rust")).unwrap();
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let test = Command::new(&cargo).current_dir(&crate_dir).args(["test", "--quiet"]).output().unwrap();
+    assert!(test.status.success(), "README plugin's native test: {}", String::from_utf8_lossy(&test.stderr));
+
+    let out = weir().args(["demo", "--no-serve", "--events", "2000", "--plugin"]).arg(&crate_dir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("channels@0.1.0: table channel_orders has 3 rows"), "{stdout}");
+}

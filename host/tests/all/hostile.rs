@@ -136,7 +136,8 @@ fn files_that_are_not_components_are_refused_at_load() {
 #[test]
 fn every_fixture_has_a_test() {
     // Add the test first, then the fixture's name here.
-    const TESTED: &[&str] = &["bad-output", "huge-output", "infinite-loop", "memory-bomb", "panic", "wrong-world"];
+    const TESTED: &[&str] =
+        &["bad-output", "huge-output", "infinite-loop", "memory-bomb", "panic", "sandbox-probe", "wrong-world"];
     assert_eq!(fixture_names(), TESTED);
 }
 
@@ -184,4 +185,40 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
     }
     out
+}
+
+#[test]
+fn the_sandbox_gives_no_files_env_network_clock_or_randomness() {
+    let runtime = runtime();
+    let mut probe = load(&runtime, "sandbox-probe");
+    let mut seen = Vec::new();
+    for run in 0..2 {
+        let outcome = probe.apply(&[fixture_event(run, "Normal")]).remove(0).expect("probe runs");
+        let observed: BTreeMap<String, String> = outcome
+            .into_iter()
+            .map(|change| match change {
+                RowChange::Upsert { row, .. } => match (&row[0], &row[1]) {
+                    (Value::String(k), Value::String(v)) => (k.clone(), v.clone()),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(observed["file"].starts_with("Err("), "{observed:?}");
+        assert!(observed["dir"].starts_with("Err("), "{observed:?}");
+        assert!(observed["tcp"].starts_with("Err("), "{observed:?}");
+        assert_eq!(observed["env"], "0");
+        assert_eq!(observed["args"], "0");
+        assert_eq!(observed["wall_clock_us"], "0", "the wall clock stands at the epoch");
+        assert_eq!(observed["monotonic_ns"], "0", "the monotonic clock does not move");
+        seen.push(observed["hash_seed"].clone());
+    }
+    // A fresh instance (after a restart, or a replay) sees the same "random" seed.
+    let mut again = load(&runtime, "sandbox-probe");
+    let outcome = again.apply(&[fixture_event(0, "Normal")]).remove(0).unwrap();
+    let seed = outcome.iter().find_map(|c| match c {
+        RowChange::Upsert { row, .. } if row[0] == Value::String("hash_seed".into()) => Some(row[1].to_string()),
+        _ => None,
+    });
+    assert_eq!(seed.unwrap().trim_matches('"'), seen[0]);
 }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Every test of weir: the workspace (host and SDK: unit, integration with real wasm components,
+# the real `weir` binary, doc tests), the example plugins natively, and the benchmark in quick
+# mode so it cannot rot. Works from a fresh clone; set CARGO_TARGET_DIR to share a build cache.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# rust-toolchain.toml names the wasm target, but rustup adds it only when it installs the toolchain.
+rustup target add wasm32-wasip2
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee -a "$log"
+# The plugins build natively in a target dir of their own: a cdylib's rlib has no hash in its file
+# name, so the plugins workspace and the bench (which links `orders` natively) would overwrite it.
+plugins_target="${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/plugins-native}"
+CARGO_TARGET_DIR="${plugins_target:-plugins/target}" cargo test --manifest-path plugins/Cargo.toml --workspace 2>&1 | tee -a "$log"
+cargo run -p weir-bench -- --quick --out "${CARGO_TARGET_DIR:-target}/bench-quick.json"
+
+# One closing line over every cargo test run above.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "weir: %d passed, %d failed\n", p, f }' "$log"
