@@ -1,19 +1,26 @@
 //! The HTTP API (axum): the only module that knows axum exists.
 //!
-//! Routes: `GET /` (dashboard), `GET /healthz`, `GET /v1/plugins`. Every error is one JSON shape,
-//! `{"error": {"status": 404, "message": "..."}}`, with the matching HTTP status.
+//! Routes: `GET /` (dashboard), `GET /healthz`, `GET /v1/plugins`, `GET /v1/tables`,
+//! `POST /v1/sql` (`{"sql": "..."}`; JSON rows by default, CSV for `Accept: text/csv`, an Arrow IPC
+//! stream for `Accept: application/vnd.apache.arrow.stream`). Every error is one JSON shape,
+//! `{"error": {"status": 400, "message": "..."}}`, with the matching HTTP status.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri};
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::plugin::PluginInfo;
+use crate::query::{QueryError, SqlEngine, TableInfo};
+
+/// Media type of an Arrow IPC stream.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
 /// What the API reports about one loaded plugin.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -32,10 +39,11 @@ pub struct PluginStatus {
 }
 
 /// State shared by the handlers.
-#[derive(Debug, Default)]
 pub struct ApiState {
     /// The plugins, as last reported by the pipeline.
     pub plugins: RwLock<Vec<PluginStatus>>,
+    /// SQL over the published read models.
+    pub sql: Arc<SqlEngine>,
 }
 
 /// The error body every route uses.
@@ -58,6 +66,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/", get(|| async { Html(include_str!("../../dashboard/index.html")) }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/plugins", get(plugins))
+        .route("/v1/tables", get(tables))
+        .route("/v1/sql", axum::routing::post(sql))
         .fallback(|method: Method, uri: Uri| async move {
             ApiError { status: StatusCode::NOT_FOUND, message: format!("no route for {method} {uri}") }
         })
@@ -70,6 +80,45 @@ async fn plugins(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<PluginSt
         message: "plugin table is unavailable".into(),
     })?;
     Ok(Json(plugins.clone()))
+}
+
+async fn tables(State(state): State<Arc<ApiState>>) -> Json<Vec<TableInfo>> {
+    Json(state.sql.catalog().tables())
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+}
+
+async fn sql(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    request: Result<Json<SqlRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = request.map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        message: format!("the body must be JSON like {{\"sql\": \"SELECT ...\"}}: {}", e.body_text()),
+    })?;
+    let answer = state.sql.query(&request.sql).await.map_err(|e| {
+        let status = match e {
+            QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            QueryError::Encode(_) | QueryError::NameClash { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError { status, message: e.to_string() }
+    })?;
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let (media_type, body) = if accept.contains(ARROW_STREAM) {
+        (ARROW_STREAM, crate::query::to_arrow_ipc(&answer))
+    } else if accept.contains("text/csv") {
+        ("text/csv", crate::query::to_csv(&answer))
+    } else {
+        ("application/json", crate::query::to_json(&answer))
+    };
+    let body = body.map_err(|e| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() })?;
+    Ok(([(header::CONTENT_TYPE, media_type)], body).into_response())
 }
 
 /// Bind `addr` and serve until `shutdown` resolves. Returns the bound address through `bound`

@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weir_host::api::{self, ApiState, PluginStatus};
 use weir_host::config::Config;
+use weir_host::pipeline::Pipeline;
 use weir_host::plugin::PluginRuntime;
+use weir_host::query::{Catalog, SqlEngine};
 
 /// weir: stream processing with WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -42,11 +44,32 @@ enum Command {
         #[arg(long = "plugin")]
         plugins: Vec<PathBuf>,
     },
+    /// Ask a running host a SQL question about its read models.
+    Sql {
+        /// The query (read-only).
+        sql: String,
+        /// The host's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:7070", env = "WEIR_URL")]
+        url: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Work with plugins.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Format {
+    /// An aligned text table.
+    Table,
+    /// A JSON array of row objects.
+    Json,
+    /// CSV with a header line.
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +109,7 @@ pub fn run() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(plugin.info())?);
             Ok(())
         }
+        Command::Sql { sql, url, format } => run_sql(&sql, &url, format),
         Command::Demo { events, http, no_serve, plugins } => {
             let options = weir_host::demo::DemoOptions {
                 events,
@@ -93,17 +117,20 @@ pub fn run() -> anyhow::Result<()> {
                 cache_dir: std::env::temp_dir().join("weir-demo").join("wasm-cache"),
                 extra_plugins: plugins,
             };
-            let statuses = weir_host::demo::run(&options)?;
+            let runtime = tokio_runtime()?;
+            let (statuses, engine) = weir_host::demo::run(&options, &runtime)?;
             if no_serve {
                 return Ok(());
             }
-            serve_statuses(http, statuses)
+            serve(&runtime, http, statuses, engine)
         }
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             let runtime =
                 PluginRuntime::new(config.limits.clone(), Some(&config.server.data_dir.join("wasm-cache")))?;
-            let mut statuses = Vec::new();
+            let catalog = Arc::new(Catalog::default());
+            let engine = Arc::new(SqlEngine::new(catalog.clone(), config.query.clone())?);
+            let mut pipeline = Pipeline::new(catalog);
             for plugin in &config.plugins {
                 let wasm = if plugin.path.is_dir() {
                     weir_host::build::build_plugin(&plugin.path)?
@@ -114,30 +141,76 @@ pub fn run() -> anyhow::Result<()> {
                     .load(&wasm, plugin.params.clone())
                     .with_context(|| format!("loading plugin {}", plugin.path.display()))?;
                 tracing::info!(plugin = %loaded.info().label(), path = %wasm.display(), "plugin loaded");
-                statuses.push(PluginStatus {
-                    info: loaded.info().clone(),
-                    path: wasm.display().to_string(),
-                    events_ok: 0,
-                    events_failed: 0,
-                    instances_started: loaded.instances_started(),
-                });
+                pipeline.add(loaded).with_context(|| format!("loading plugin {}", plugin.path.display()))?;
             }
-            serve_statuses(config.server.http, statuses)
+            pipeline.publish()?;
+            serve(&tokio_runtime()?, config.server.http, pipeline.statuses(), engine)
         }
     }
 }
 
-/// Serve the API over these plugin statuses until Ctrl-C.
-fn serve_statuses(http: SocketAddr, statuses: Vec<PluginStatus>) -> anyhow::Result<()> {
-    let state = Arc::new(ApiState { plugins: std::sync::RwLock::new(statuses) });
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Serve the API until Ctrl-C.
+fn serve(
+    runtime: &tokio::runtime::Runtime,
+    http: SocketAddr,
+    statuses: Vec<PluginStatus>,
+    sql: Arc<SqlEngine>,
+) -> anyhow::Result<()> {
+    let state = Arc::new(ApiState { plugins: std::sync::RwLock::new(statuses), sql });
     runtime.block_on(async move {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        api::serve(http, state, |addr| println!("\nserving http://{addr}/ (GET /v1/plugins); Ctrl-C to stop"), shutdown)
-            .await
-            .with_context(|| format!("serving HTTP on {http}"))
-    })?;
+        // A closed stdout (`weir demo | head`) must not take the server down.
+        let announce = |addr| {
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "\nserving http://{addr}/ (GET /v1/plugins, GET /v1/tables, POST /v1/sql); Ctrl-C to stop");
+            let _ = writeln!(out, "try: weir sql --url http://{addr} \"SELECT status, count(*) FROM orders GROUP BY status\"");
+            let _ = out.flush();
+        };
+        api::serve(http, state, announce, shutdown).await.with_context(|| format!("serving HTTP on {http}"))
+    })
+}
+
+/// `weir sql`: POST the query to a running host and print the answer.
+fn run_sql(sql: &str, url: &str, format: Format) -> anyhow::Result<()> {
+    let accept = match format {
+        Format::Table => weir_host::api::ARROW_STREAM,
+        Format::Json => "application/json",
+        Format::Csv => "text/csv",
+    };
+    let endpoint = format!("{}/v1/sql", url.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let body = serde_json::to_vec(&serde_json::json!({ "sql": sql }))?;
+    let mut response = agent
+        .post(&endpoint)
+        .header("content-type", "application/json")
+        .header("accept", accept)
+        .send(&body[..])
+        .with_context(|| format!("cannot reach weir at {url}; is it running (weir demo, weir serve)?"))?;
+    let status = response.status();
+    let bytes = response.body_mut().with_config().limit(1 << 30).read_to_vec()?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        anyhow::bail!("{message}");
+    }
+    match format {
+        Format::Table => println!("{}", weir_host::query::to_table(&weir_host::query::from_arrow_ipc(&bytes)?)?),
+        Format::Json | Format::Csv => {
+            use std::io::Write;
+            std::io::stdout().write_all(&bytes)?;
+            if !bytes.ends_with(b"\n") {
+                println!();
+            }
+        }
+    }
     Ok(())
 }

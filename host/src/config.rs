@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::plugin::Limits;
+use crate::query::QueryLimits;
 
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,9 @@ pub struct Config {
     /// Caps every plugin runs under.
     #[serde(default)]
     pub limits: Limits,
+    /// Limits every SQL query runs under.
+    #[serde(default)]
+    pub query: QueryLimits,
     /// The plugins to load.
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<PluginConfig>,

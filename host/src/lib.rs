@@ -4,7 +4,8 @@
 //! plugins, and serves what they produce. The binary `weir` is a thin shell over this library.
 //!
 //! Modules own one concern each and are the only place that imports its heavy library:
-//! [`plugin`] alone knows wasmtime, [`api`] alone axum, `cli` (in the binary) alone clap.
+//! [`plugin`] alone knows wasmtime, [`readmodel`] and [`query`] alone Arrow/DataFusion, [`api`]
+//! alone axum, `cli` (in the binary) alone clap and ureq.
 //! Everything else speaks the project's own types ([`event`], [`row`]).
 
 pub mod api;
@@ -12,6 +13,9 @@ pub mod build;
 pub mod config;
 pub mod demo;
 pub mod event;
+pub mod pipeline;
 pub mod plugin;
+pub mod query;
+pub mod readmodel;
 pub mod row;
 pub mod sample;

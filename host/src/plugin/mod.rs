@@ -220,6 +220,16 @@ pub struct PluginRuntime {
     handler_linker: Linker<PluginStore>,
     limits: Limits,
     ticker_stop: Arc<AtomicBool>,
+    cache: Option<Cache>,
+}
+
+/// Hits and misses of the compiled-component cache since the runtime started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileCacheStats {
+    /// Components loaded from the cache without compiling.
+    pub hits: usize,
+    /// Components compiled (and then stored).
+    pub misses: usize,
 }
 
 impl PluginRuntime {
@@ -230,11 +240,15 @@ impl PluginRuntime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        if let Some(dir) = cache_dir {
-            let mut cache = CacheConfig::new();
-            cache.with_directory(dir);
-            config.cache(Some(Cache::new(cache).map_err(engine_error)?));
-        }
+        let cache = match cache_dir {
+            Some(dir) => {
+                let mut cache_config = CacheConfig::new();
+                cache_config.with_directory(dir);
+                Some(Cache::new(cache_config).map_err(engine_error)?)
+            }
+            None => None,
+        };
+        config.cache(cache.clone());
         let engine = Engine::new(&config).map_err(engine_error)?;
 
         let mut projection_linker = Linker::new(&engine);
@@ -258,7 +272,12 @@ impl PluginRuntime {
             })
             .map_err(|e| LoadError::Engine(format!("cannot start the epoch thread: {e}")))?;
 
-        Ok(PluginRuntime { engine, projection_linker, handler_linker, limits, ticker_stop })
+        Ok(PluginRuntime { engine, projection_linker, handler_linker, limits, ticker_stop, cache })
+    }
+
+    /// The compiled-component cache's counters, if there is a cache.
+    pub fn compile_cache_stats(&self) -> Option<CompileCacheStats> {
+        self.cache.as_ref().map(|c| CompileCacheStats { hits: c.cache_hits(), misses: c.cache_misses() })
     }
 
     /// The caps plugins run under.

@@ -156,5 +156,43 @@ fn the_readme_first_plugin_builds_tests_and_runs() {
     let out = weir().args(["demo", "--no-serve", "--events", "2000", "--plugin"]).arg(&crate_dir).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("channels@0.1.0: table channel_orders has 3 rows"), "{stdout}");
+    assert!(
+        stdout.contains("SELECT count(*) AS rows FROM channels.channel_orders;\n+------+\n| rows |\n+------+\n| 3    |"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn weir_sql_asks_a_running_demo() {
+    let mut child = weir()
+        .args(["demo", "--events", "2000", "--http", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _running = Running(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let url = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix("serving ").map(|rest| rest.split('/').take(3).collect::<Vec<_>>().join("/")))
+        .expect("weir demo never said where it listens");
+    // Keep reading what the demo prints, as a terminal would.
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let out = weir().args(["sql", "--url", &url, "SELECT count(*) AS n FROM orders.orders"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("| n ") && text.contains("(1 rows)"), "{text}");
+
+    let out = weir().args(["sql", "--url", &url, "--format", "csv", "SELECT status FROM orders WHERE order_id = 'o-000000001'"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "status\nshipped\n");
+
+    let out = weir().args(["sql", "--url", &url, "DELETE FROM orders"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error: weir's SQL is read-only"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = weir().args(["sql", "--url", "http://127.0.0.1:1", "SELECT 1"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach weir at http://127.0.0.1:1"));
 }

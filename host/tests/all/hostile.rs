@@ -168,14 +168,16 @@ fn handler_emits_with_its_parameters_and_is_not_a_projection() {
 #[test]
 fn compiled_components_are_cached_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = weir_host::plugin::PluginRuntime::new(crate::support::test_limits(), Some(dir.path())).unwrap();
-    runtime.load(&wasm("orders"), BTreeMap::new()).unwrap();
-    let files = walk(dir.path());
-    assert!(!files.is_empty(), "the cache directory stays empty");
-    // A second runtime (a restart) loads from the same cache.
-    let again = weir_host::plugin::PluginRuntime::new(crate::support::test_limits(), Some(dir.path())).unwrap();
-    again.load(&wasm("orders"), BTreeMap::new()).unwrap();
-    assert_eq!(walk(dir.path()).len(), files.len(), "no second compilation was stored");
+    let first = weir_host::plugin::PluginRuntime::new(crate::support::test_limits(), Some(dir.path())).unwrap();
+    first.load(&wasm("orders"), BTreeMap::new()).unwrap();
+    let stats = first.compile_cache_stats().unwrap();
+    assert_eq!((stats.hits, stats.misses), (0, 1), "the first load compiles");
+    assert!(!walk(dir.path()).is_empty(), "the cache directory stays empty");
+    // A second runtime (a restart) loads from the same cache without compiling.
+    let restarted = weir_host::plugin::PluginRuntime::new(crate::support::test_limits(), Some(dir.path())).unwrap();
+    restarted.load(&wasm("orders"), BTreeMap::new()).unwrap();
+    let stats = restarted.compile_cache_stats().unwrap();
+    assert_eq!((stats.hits, stats.misses), (1, 0), "the restart reuses the compiled component");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

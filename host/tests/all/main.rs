@@ -6,4 +6,5 @@
 mod cli;
 mod golden;
 mod hostile;
+mod sql;
 mod support;

@@ -34,12 +34,12 @@ pub fn wasm(name: &str) -> PathBuf {
     built.get(name).unwrap_or_else(|| panic!("no plugin or fixture named {name}")).clone()
 }
 
-/// Names of the fixture crates (directories with a Cargo.toml).
+/// Names of the fixture crates (directories with a Cargo.toml, but `common`, their shared library).
 pub fn fixture_names() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .filter(|e| e.path().join("Cargo.toml").is_file() && e.file_name() != "common")
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();

@@ -1,0 +1,560 @@
+//! Read-model tables: the rows projections produce, kept as Arrow record batches with a key index.
+//! With `query`, the only module that knows Arrow exists.
+//!
+//! Layout of a [`ReadModelTable`]: sealed, immutable *segments* (one `RecordBatch` each, with a
+//! live-row mask) plus a *tail* of rows not yet sealed. A key index maps each primary key to where
+//! its live row is. An upsert appends to the tail and marks the old row dead; a delete marks it
+//! dead. Publishing a snapshot seals the tail into a new segment and hands out the live rows of each
+//! segment (a segment without dead rows is shared as is; one with dead rows is filtered once per
+//! change and cached). Compaction rewrites segments that are mostly dead and merges small ones, so
+//! neither ingest nor publishing ever copies the whole table.
+//!
+//! Invariant: a snapshot of a [`ReadModel`] holds every table of one projection at the same event
+//! boundary; no event is ever half applied in it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BinaryBuilder, BooleanArray, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::event::Position;
+use crate::row::{ColumnType, RowChange, TableSchema, Value};
+
+/// Rows the tail may hold before it is sealed even without a publish.
+const MAX_TAIL_ROWS: usize = 64 * 1024;
+/// Segments smaller than this are merged together once there are [`MAX_SMALL_SEGMENTS`] of them.
+const SMALL_SEGMENT_ROWS: usize = 16 * 1024;
+const MAX_SMALL_SEGMENTS: usize = 8;
+
+/// Why a change could not be applied. The change is not applied; nothing else is lost.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadModelError {
+    /// A value does not fit its column.
+    #[error("table {table}: column {column} expects {expected} but got {actual}")]
+    Type {
+        /// Table.
+        table: String,
+        /// Column.
+        column: String,
+        /// Declared type.
+        expected: ColumnType,
+        /// What came.
+        actual: String,
+    },
+    /// A row has the wrong number of values.
+    #[error("table {table}: {got} values for {expected} columns")]
+    Arity {
+        /// Table.
+        table: String,
+        /// Values given.
+        got: usize,
+        /// Columns (or key columns) declared.
+        expected: usize,
+    },
+    /// The table is not part of this read model.
+    #[error("table {table} is not declared by plugin {plugin}")]
+    UnknownTable {
+        /// Plugin.
+        plugin: String,
+        /// Table.
+        table: String,
+    },
+    /// Arrow refused to build a batch (a bug, reported rather than a crash).
+    #[error("table {table}: {source}")]
+    Arrow {
+        /// Table.
+        table: String,
+        /// Arrow's error.
+        source: ArrowError,
+    },
+}
+
+/// A `Result` with a [`ReadModelError`].
+pub type Result<T, E = ReadModelError> = std::result::Result<T, E>;
+
+/// The Arrow schema of a declared table. Timestamps are microseconds, UTC.
+pub fn arrow_schema(table: &TableSchema) -> SchemaRef {
+    let fields: Vec<Field> = table
+        .columns
+        .iter()
+        .map(|c| {
+            let data_type = match c.kind {
+                ColumnType::String => DataType::Utf8,
+                ColumnType::Int64 => DataType::Int64,
+                ColumnType::Float64 => DataType::Float64,
+                ColumnType::Bool => DataType::Boolean,
+                ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                ColumnType::Bytes => DataType::Binary,
+            };
+            Field::new(&c.name, data_type, c.nullable)
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Where a key's live row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowLocation {
+    Segment { id: u64, row: u32 },
+    Tail(u32),
+}
+
+#[derive(Debug)]
+struct Segment {
+    batch: RecordBatch,
+    keys: Vec<Vec<u8>>,
+    live: Vec<bool>,
+    live_count: usize,
+    /// The live rows, cached until the next row of this segment dies.
+    filtered: Option<RecordBatch>,
+}
+
+impl Segment {
+    fn live_batch(&mut self) -> Result<RecordBatch, ArrowError> {
+        if self.live_count == self.live.len() {
+            return Ok(self.batch.clone());
+        }
+        if let Some(filtered) = &self.filtered {
+            return Ok(filtered.clone());
+        }
+        let mask = BooleanArray::from(self.live.clone());
+        let filtered = filter_record_batch(&self.batch, &mask)?;
+        self.filtered = Some(filtered.clone());
+        Ok(filtered)
+    }
+
+    fn kill(&mut self, row: u32) {
+        if let Some(live) = self.live.get_mut(row as usize)
+            && *live
+        {
+            *live = false;
+            self.live_count -= 1;
+            self.filtered = None;
+        }
+    }
+}
+
+/// The live rows of one table at one instant.
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    /// Table name.
+    pub name: String,
+    /// Arrow schema.
+    pub schema: SchemaRef,
+    /// The rows, in batches.
+    pub batches: Vec<RecordBatch>,
+    /// Total rows.
+    pub rows: usize,
+}
+
+/// One read-model table with a primary-key index.
+#[derive(Debug)]
+pub struct ReadModelTable {
+    schema: TableSchema,
+    arrow: SchemaRef,
+    key_columns: Vec<usize>,
+    index: HashMap<Vec<u8>, RowLocation>,
+    segments: BTreeMap<u64, Segment>,
+    next_segment: u64,
+    tail: Vec<Vec<Value>>,
+    tail_keys: Vec<Vec<u8>>,
+    tail_live: Vec<bool>,
+}
+
+impl ReadModelTable {
+    /// An empty table.
+    pub fn new(schema: TableSchema) -> Self {
+        let key_columns =
+            schema.primary_key.iter().filter_map(|k| schema.columns.iter().position(|c| &c.name == k)).collect();
+        ReadModelTable {
+            arrow: arrow_schema(&schema),
+            schema,
+            key_columns,
+            index: HashMap::new(),
+            segments: BTreeMap::new(),
+            next_segment: 0,
+            tail: Vec::new(),
+            tail_keys: Vec::new(),
+            tail_live: Vec::new(),
+        }
+    }
+
+    /// The declared schema.
+    pub fn schema(&self) -> &TableSchema {
+        &self.schema
+    }
+
+    /// Live rows.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True when the table has no row.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    fn check(&self, values: &[Value], columns: &[usize]) -> Result<()> {
+        if values.len() != columns.len() {
+            return Err(ReadModelError::Arity {
+                table: self.schema.name.clone(),
+                got: values.len(),
+                expected: columns.len(),
+            });
+        }
+        for (value, &i) in values.iter().zip(columns) {
+            let column = &self.schema.columns[i];
+            let fits = match value.column_type() {
+                None => column.nullable,
+                Some(kind) => kind == column.kind,
+            };
+            if !fits {
+                return Err(ReadModelError::Type {
+                    table: self.schema.name.clone(),
+                    column: column.name.clone(),
+                    expected: column.kind,
+                    actual: value.column_type().map_or("NULL".to_string(), |k| k.to_string()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Insert or replace a row (values in column order).
+    pub fn upsert(&mut self, row: Vec<Value>) -> Result<()> {
+        let all: Vec<usize> = (0..self.schema.columns.len()).collect();
+        self.check(&row, &all)?;
+        let key = encode_key(self.key_columns.iter().map(|&i| &row[i]));
+        self.kill(&key);
+        self.index.insert(key.clone(), RowLocation::Tail(self.tail.len() as u32));
+        self.tail.push(row);
+        self.tail_keys.push(key);
+        self.tail_live.push(true);
+        if self.tail.len() >= MAX_TAIL_ROWS {
+            self.seal()?;
+        }
+        Ok(())
+    }
+
+    /// Delete the row with this key (values in key order), if there is one.
+    pub fn delete(&mut self, key: &[Value]) -> Result<()> {
+        self.check(key, &self.key_columns.clone())?;
+        let key = encode_key(key.iter());
+        self.kill(&key);
+        self.index.remove(&key);
+        Ok(())
+    }
+
+    fn kill(&mut self, key: &[u8]) {
+        match self.index.get(key) {
+            Some(RowLocation::Tail(i)) => self.tail_live[*i as usize] = false,
+            Some(RowLocation::Segment { id, row }) => {
+                if let Some(segment) = self.segments.get_mut(id) {
+                    segment.kill(*row);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Move the live tail rows into a new segment, then compact.
+    fn seal(&mut self) -> Result<()> {
+        let rows = std::mem::take(&mut self.tail);
+        let keys = std::mem::take(&mut self.tail_keys);
+        let live = std::mem::take(&mut self.tail_live);
+        let (rows, keys): (Vec<_>, Vec<_>) =
+            rows.into_iter().zip(keys).zip(live).filter(|(_, live)| *live).map(|(pair, _)| pair).unzip();
+        if !rows.is_empty() {
+            let batch = self.build_batch(&rows)?;
+            self.add_segment(batch, keys);
+        }
+        self.compact()
+    }
+
+    fn add_segment(&mut self, batch: RecordBatch, keys: Vec<Vec<u8>>) {
+        let id = self.next_segment;
+        self.next_segment += 1;
+        for (row, key) in keys.iter().enumerate() {
+            self.index.insert(key.clone(), RowLocation::Segment { id, row: row as u32 });
+        }
+        let n = keys.len();
+        self.segments.insert(id, Segment { batch, keys, live: vec![true; n], live_count: n, filtered: None });
+    }
+
+    /// Rewrite segments that are more than half dead; merge small ones once there are many.
+    fn compact(&mut self) -> Result<()> {
+        let arrow_error = |table: &str| {
+            let table = table.to_string();
+            move |source| ReadModelError::Arrow { table: table.clone(), source }
+        };
+        let mostly_dead: Vec<u64> =
+            self.segments.iter().filter(|(_, s)| s.live_count * 2 < s.live.len()).map(|(id, _)| *id).collect();
+        let small: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(id, s)| s.live_count < SMALL_SEGMENT_ROWS && !mostly_dead.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut groups: Vec<Vec<u64>> = mostly_dead.into_iter().map(|id| vec![id]).collect();
+        if small.len() >= MAX_SMALL_SEGMENTS {
+            groups.push(small);
+        }
+        for group in groups {
+            let mut batches = Vec::new();
+            let mut keys = Vec::new();
+            for id in &group {
+                if let Some(mut segment) = self.segments.remove(id) {
+                    batches.push(segment.live_batch().map_err(arrow_error(&self.schema.name))?);
+                    keys.extend(segment.keys.into_iter().zip(segment.live).filter(|(_, l)| *l).map(|(k, _)| k));
+                }
+            }
+            let merged = concat_batches(&self.arrow, &batches).map_err(arrow_error(&self.schema.name))?;
+            if merged.num_rows() > 0 {
+                self.add_segment(merged, keys);
+            }
+        }
+        Ok(())
+    }
+
+    fn build_batch(&self, rows: &[Vec<Value>]) -> Result<RecordBatch> {
+        let columns: Vec<ArrayRef> = self
+            .schema
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, column)| build_column(column.kind, rows.iter().map(|r| &r[i])))
+            .collect();
+        RecordBatch::try_new(self.arrow.clone(), columns)
+            .map_err(|source| ReadModelError::Arrow { table: self.schema.name.clone(), source })
+    }
+
+    /// Seal the tail and return the live rows.
+    pub fn snapshot(&mut self) -> Result<TableSnapshot> {
+        self.seal()?;
+        let mut batches = Vec::with_capacity(self.segments.len());
+        for segment in self.segments.values_mut() {
+            let batch =
+                segment.live_batch().map_err(|source| ReadModelError::Arrow { table: self.schema.name.clone(), source })?;
+            if batch.num_rows() > 0 {
+                batches.push(batch);
+            }
+        }
+        Ok(TableSnapshot { name: self.schema.name.clone(), schema: self.arrow.clone(), rows: self.index.len(), batches })
+    }
+
+    /// Bytes held by the table's Arrow buffers (segments and cached filtered copies).
+    pub fn arrow_bytes(&self) -> usize {
+        self.segments
+            .values()
+            .map(|s| s.batch.get_array_memory_size() + s.filtered.as_ref().map_or(0, |f| f.get_array_memory_size()))
+            .sum()
+    }
+}
+
+/// Build one Arrow column from values already checked against `kind`.
+fn build_column<'a>(kind: ColumnType, values: impl Iterator<Item = &'a Value>) -> ArrayRef {
+    macro_rules! build {
+        ($builder:expr, $variant:ident) => {{
+            let mut builder = $builder;
+            for value in values {
+                match value {
+                    Value::$variant(v) => builder.append_value(v.clone()),
+                    _ => builder.append_null(),
+                }
+            }
+            Arc::new(builder.finish()) as ArrayRef
+        }};
+    }
+    match kind {
+        ColumnType::String => build!(StringBuilder::new(), String),
+        ColumnType::Int64 => build!(Int64Builder::new(), Int64),
+        ColumnType::Float64 => build!(Float64Builder::new(), Float64),
+        ColumnType::Bool => build!(BooleanBuilder::new(), Bool),
+        ColumnType::Timestamp => build!(TimestampMicrosecondBuilder::new().with_timezone("UTC"), Timestamp),
+        ColumnType::Bytes => build!(BinaryBuilder::new(), Bytes),
+    }
+}
+
+/// A compact, unambiguous byte form of a key: per value a tag, then its bytes.
+fn encode_key<'a>(values: impl Iterator<Item = &'a Value>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    for value in values {
+        match value {
+            Value::Null => out.push(0),
+            Value::String(s) => {
+                out.push(1);
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            Value::Int64(v) => {
+                out.push(2);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Value::Float64(v) => {
+                out.push(3);
+                out.extend_from_slice(&v.to_bits().to_le_bytes());
+            }
+            Value::Bool(v) => out.extend_from_slice(&[4, u8::from(*v)]),
+            Value::Timestamp(v) => {
+                out.push(5);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Value::Bytes(b) => {
+                out.push(6);
+                out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                out.extend_from_slice(b);
+            }
+        }
+    }
+    out
+}
+
+/// The tables of one projection, and the source positions they reflect.
+#[derive(Debug)]
+pub struct ReadModel {
+    plugin: String,
+    tables: BTreeMap<String, ReadModelTable>,
+    positions: BTreeMap<(String, u32), u64>,
+}
+
+/// One projection's tables at one event boundary.
+#[derive(Debug, Clone)]
+pub struct ReadModelSnapshot {
+    /// The projection's name.
+    pub plugin: String,
+    /// Its tables.
+    pub tables: Vec<TableSnapshot>,
+    /// Per (topic, partition), the offset of the last event applied.
+    pub positions: BTreeMap<(String, u32), u64>,
+}
+
+impl ReadModel {
+    /// Empty tables for a projection.
+    pub fn new(plugin: &str, tables: &[TableSchema]) -> Self {
+        ReadModel {
+            plugin: plugin.to_string(),
+            tables: tables.iter().map(|t| (t.name.clone(), ReadModelTable::new(t.clone()))).collect(),
+            positions: BTreeMap::new(),
+        }
+    }
+
+    /// Apply one event's changes, all or nothing, and record its position.
+    pub fn apply(&mut self, position: &Position, changes: Vec<RowChange>) -> Result<()> {
+        // Check everything first, so a bad change leaves no earlier change of the event applied.
+        for change in &changes {
+            let table = self.table(change.table())?;
+            match change {
+                RowChange::Upsert { row, .. } => table.check(row, &(0..table.schema.columns.len()).collect::<Vec<_>>())?,
+                RowChange::Delete { key, .. } => table.check(key, &table.key_columns)?,
+            }
+        }
+        for change in changes {
+            match change {
+                RowChange::Upsert { table, row } => self.table_mut(&table)?.upsert(row)?,
+                RowChange::Delete { table, key } => self.table_mut(&table)?.delete(&key)?,
+            }
+        }
+        self.positions.insert((position.topic.clone(), position.partition), position.offset);
+        Ok(())
+    }
+
+    fn table(&self, name: &str) -> Result<&ReadModelTable> {
+        self.tables
+            .get(name)
+            .ok_or_else(|| ReadModelError::UnknownTable { plugin: self.plugin.clone(), table: name.to_string() })
+    }
+
+    fn table_mut(&mut self, name: &str) -> Result<&mut ReadModelTable> {
+        let plugin = self.plugin.clone();
+        self.tables.get_mut(name).ok_or_else(|| ReadModelError::UnknownTable { plugin, table: name.to_string() })
+    }
+
+    /// Every table at this event boundary.
+    pub fn snapshot(&mut self) -> Result<ReadModelSnapshot> {
+        let tables = self.tables.values_mut().map(ReadModelTable::snapshot).collect::<Result<Vec<_>>>()?;
+        Ok(ReadModelSnapshot { plugin: self.plugin.clone(), tables, positions: self.positions.clone() })
+    }
+
+    /// The tables.
+    pub fn tables(&self) -> impl Iterator<Item = &ReadModelTable> {
+        self.tables.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::row::Column;
+
+    fn schema() -> TableSchema {
+        TableSchema {
+            name: "t".into(),
+            description: String::new(),
+            columns: vec![
+                Column { name: "id".into(), kind: ColumnType::String, nullable: false },
+                Column { name: "n".into(), kind: ColumnType::Int64, nullable: true },
+            ],
+            primary_key: vec!["id".into()],
+        }
+    }
+
+    fn rows(table: &mut ReadModelTable) -> BTreeMap<String, Option<i64>> {
+        let snap = table.snapshot().unwrap();
+        let mut out = BTreeMap::new();
+        for batch in &snap.batches {
+            let ids = batch.column(0).as_any().downcast_ref::<datafusion::arrow::array::StringArray>().unwrap();
+            let ns = batch.column(1).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+            for i in 0..batch.num_rows() {
+                use datafusion::arrow::array::Array;
+                out.insert(ids.value(i).to_string(), (!ns.is_null(i)).then(|| ns.value(i)));
+            }
+        }
+        assert_eq!(snap.rows, out.len());
+        out
+    }
+
+    #[test]
+    fn upserts_replace_and_deletes_remove_across_segments() {
+        let mut table = ReadModelTable::new(schema());
+        let mut truth = BTreeMap::new();
+        // Many publishes with overlapping keys: exercises tail, segments, filtering and compaction.
+        for round in 0..40i64 {
+            for i in 0..500i64 {
+                let key = format!("k{}", (i * 7 + round * 13) % 900);
+                if (i + round) % 11 == 0 {
+                    table.delete(&[Value::String(key.clone())]).unwrap();
+                    truth.remove(&key);
+                } else {
+                    let n = if i % 5 == 0 { None } else { Some(round * 1000 + i) };
+                    table.upsert(vec![Value::String(key.clone()), n.map_or(Value::Null, Value::Int64)]).unwrap();
+                    truth.insert(key, n);
+                }
+            }
+            assert_eq!(rows(&mut table), truth, "after round {round}");
+        }
+        assert!(table.segments.len() < MAX_SMALL_SEGMENTS + 2, "{} segments", table.segments.len());
+    }
+
+    #[test]
+    fn wrong_values_are_refused_with_table_and_column() {
+        let mut model = ReadModel::new("p", &[schema()]);
+        let at = Position { topic: "t".into(), partition: 0, offset: 3 };
+        let good = RowChange::Upsert { table: "t".into(), row: vec![Value::String("a".into()), Value::Int64(1)] };
+        let bad = RowChange::Upsert { table: "t".into(), row: vec![Value::String("b".into()), Value::Bool(true)] };
+        let err = model.apply(&at, vec![good.clone(), bad]).unwrap_err();
+        assert_eq!(err.to_string(), "table t: column n expects int64 but got bool");
+        // Nothing of that event was applied.
+        assert_eq!(model.snapshot().unwrap().tables[0].rows, 0);
+        let err = model.apply(&at, vec![RowChange::Delete { table: "nope".into(), key: vec![] }]).unwrap_err();
+        assert_eq!(err.to_string(), "table nope is not declared by plugin p");
+        model.apply(&at, vec![good]).unwrap();
+        assert_eq!(model.snapshot().unwrap().positions[&("t".to_string(), 0)], 3);
+    }
+}
