@@ -8,6 +8,9 @@
 //! Scenarios so far:
 //! - `wasm_vs_native`: the orders projection as a wasm component through the real runtime, and
 //!   the same Rust logic compiled natively (weir-sdk's harness), over the same generated events.
+//! - `readmodel`: upserts into an orders-shaped read-model table of N rows (inserts, then updates
+//!   of existing keys), publishing a snapshot every 100k changes; memory of the table against the
+//!   raw Arrow size of its rows; SQL latency (point lookup, group-by) over the published table.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -70,6 +73,20 @@ struct Comparison {
     /// subject median / baseline median.
     ratio: f64,
     goal: f64,
+}
+
+/// A single measured quantity (not a comparison).
+#[derive(Debug, serde::Serialize)]
+struct Figure {
+    scenario: &'static str,
+    metric: String,
+    unit: &'static str,
+    median: f64,
+    low: f64,
+    high: f64,
+    /// What `low` and `high` are: min/max over repeats, or p50/p99 over queries.
+    spread: &'static str,
+    goal: &'static str,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -162,6 +179,126 @@ fn wasm_vs_native(events: usize, repeats: usize, batch: usize) -> anyhow::Result
     })
 }
 
+fn orders_schema() -> weir_host::row::TableSchema {
+    use weir_host::row::{Column, ColumnType, TableSchema};
+    let column = |name: &str, kind, nullable| Column { name: name.into(), kind, nullable };
+    TableSchema {
+        name: "orders".into(),
+        description: String::new(),
+        columns: vec![
+            column("order_id", ColumnType::String, false),
+            column("customer_id", ColumnType::String, false),
+            column("status", ColumnType::String, false),
+            column("amount", ColumnType::Float64, false),
+            column("placed_at", ColumnType::Timestamp, false),
+            column("shipped_at", ColumnType::Timestamp, true),
+        ],
+        primary_key: vec!["order_id".into()],
+    }
+}
+
+fn order_row(i: u64, round: u64) -> Vec<weir_host::row::Value> {
+    use weir_host::row::Value;
+    let status = ["placed", "paid", "shipped", "cancelled"][((i + round) % 4) as usize];
+    vec![
+        Value::String(format!("o-{i:09}")),
+        Value::String(format!("c-{:06}", i % 10_000)),
+        Value::String(status.into()),
+        Value::Float64((i % 100_000) as f64 / 100.0 + round as f64),
+        Value::Timestamp(1_767_225_600_000_000 + i as i64),
+        if round > 0 { Value::Timestamp(1_767_225_600_000_000 + (i + round) as i64) } else { Value::Null },
+    ]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Upserts into a read-model table, its memory, and SQL latency over it.
+fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
+    use std::sync::Arc;
+    use weir_host::query::{Catalog, QueryLimits, SqlEngine};
+    use weir_host::readmodel::ReadModel;
+
+    let position = |offset| weir_host::event::Position { topic: "orders".into(), partition: 0, offset };
+    let (mut insert_rates, mut update_rates) = (Vec::new(), Vec::new());
+    let mut last = None;
+    for _ in 0..repeats {
+        let mut model = ReadModel::new("bench", &[orders_schema()]);
+        for (round, rates) in [(0, &mut insert_rates), (1, &mut update_rates)] {
+            let started = Instant::now();
+            for i in 0..rows {
+                // Updates touch keys in a scattered order, as real traffic does.
+                let key = if round == 0 { i } else { (i * 7_919) % rows };
+                let change = weir_host::row::RowChange::Upsert { table: "orders".into(), row: order_row(key, round) };
+                model.apply(&position(i), vec![change])?;
+                if i % 100_000 == 99_999 {
+                    model.snapshot()?;
+                }
+            }
+            model.snapshot()?;
+            rates.push(rows as f64 / started.elapsed().as_secs_f64());
+        }
+        last = Some(model);
+    }
+    let Some(mut model) = last else { anyhow::bail!("no repeat ran") };
+    let table_bytes: usize = model.tables().map(|t| t.arrow_bytes()).sum();
+    let snapshot = model.snapshot()?;
+    let raw = weir_host::readmodel::raw_arrow_bytes(&snapshot.tables[0])?;
+    eprintln!("readmodel: {rows} rows, table holds {table_bytes} bytes of Arrow buffers, raw Arrow of its rows {raw}");
+
+    let catalog = Arc::new(Catalog::default());
+    catalog.register("bench", &[orders_schema()])?;
+    catalog.publish(snapshot);
+    let engine = SqlEngine::new(catalog, QueryLimits::default())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let latency = |sql: &dyn Fn(u64) -> String| -> anyhow::Result<Vec<f64>> {
+        let mut samples = Vec::new();
+        for q in 0..(20 * repeats as u64) {
+            let text = sql(q);
+            let started = Instant::now();
+            let answer = runtime.block_on(engine.query(&text))?;
+            anyhow::ensure!(answer.rows() > 0, "{text} found nothing");
+            samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        samples.sort_by(f64::total_cmp);
+        Ok(samples)
+    };
+    let point = latency(&|q| format!("SELECT * FROM orders WHERE order_id = 'o-{:09}'", (q * 104_729) % rows))?;
+    let group = latency(&|_| "SELECT status, count(*), sum(amount) FROM orders GROUP BY status".to_string())?;
+
+    let rate = |metric: &str, samples: Vec<f64>, goal| {
+        let r = Rate::of(samples);
+        Figure { scenario: "readmodel", metric: metric.into(), unit: "rows/s", median: r.median, low: r.min, high: r.max, spread: "min–max", goal }
+    };
+    let ms = |metric: &str, s: &[f64], goal| Figure {
+        scenario: "readmodel",
+        metric: metric.into(),
+        unit: "ms",
+        median: percentile(s, 0.5),
+        low: percentile(s, 0.5),
+        high: percentile(s, 0.99),
+        spread: "p50–p99",
+        goal,
+    };
+    Ok(vec![
+        rate(&format!("upsert, insert {rows} rows"), insert_rates, ""),
+        rate(&format!("upsert, update {rows} rows"), update_rates, ""),
+        Figure {
+            scenario: "readmodel",
+            metric: format!("memory of {rows} rows / raw Arrow"),
+            unit: "ratio",
+            median: table_bytes as f64 / raw as f64,
+            low: table_bytes as f64 / raw as f64,
+            high: table_bytes as f64 / raw as f64,
+            spread: "one value",
+            goal: "≤ 2",
+        },
+        ms(&format!("SQL point lookup over {rows} rows (no ingest)"), &point, ""),
+        ms(&format!("SQL group-by over {rows} rows (no ingest)"), &group, "p99 < 50 under ingest"),
+    ])
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let events = args.events.unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
@@ -170,6 +307,7 @@ fn main() -> anyhow::Result<()> {
     eprintln!("weir-bench on {} cores, {} ({} build)", machine.cores, machine.cpu, machine.profile);
 
     let comparisons = vec![wasm_vs_native(events, repeats, args.batch)?];
+    let figures = readmodel(events as u64, repeats)?;
 
     println!("\n{:<16} {:<10} {:>34} {:>34} {:>7} {:>6}", "scenario", "unit", "weir (median, min–max)", "baseline (median, min–max)", "ratio", "goal");
     for c in &comparisons {
@@ -183,10 +321,23 @@ fn main() -> anyhow::Result<()> {
             format!("≥{}", c.goal)
         );
     }
+    println!("\n{:<10} {:<52} {:>12} {:>26} {:<8} {}", "scenario", "metric", "median", "spread", "unit", "goal");
+    for f in &figures {
+        println!(
+            "{:<10} {:<52} {:>12.2} {:>26} {:<8} {}",
+            f.scenario,
+            f.metric,
+            f.median,
+            format!("{:.2}–{:.2} ({})", f.low, f.high, f.spread),
+            f.unit,
+            f.goal
+        );
+    }
     let report = serde_json::json!({
         "machine": machine,
         "quick": args.quick,
         "comparisons": comparisons,
+        "figures": figures,
     });
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
     eprintln!("\nresults written to {}", args.out.display());

@@ -358,6 +358,14 @@ impl ReadModelTable {
     }
 }
 
+/// Bytes the snapshot's rows take as one tightly packed record batch: the yardstick for a
+/// table's memory.
+pub fn raw_arrow_bytes(table: &TableSnapshot) -> Result<usize> {
+    let packed = concat_batches(&table.schema, &table.batches)
+        .map_err(|source| ReadModelError::Arrow { table: table.name.clone(), source })?;
+    Ok(packed.get_array_memory_size())
+}
+
 /// Build one Arrow column from values already checked against `kind`.
 fn build_column<'a>(kind: ColumnType, values: impl Iterator<Item = &'a Value>) -> ArrayRef {
     macro_rules! build {
