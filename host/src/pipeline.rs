@@ -68,7 +68,13 @@ impl Pipeline {
     pub fn process(&mut self, events: &[Event]) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
         for slot in &mut self.slots {
-            let wanted: Vec<Event> = events.iter().filter(|e| slot.plugin.info().wants(e)).cloned().collect();
+            // Most batches are wanted whole; copy events only when the plugin skips some.
+            let info = slot.plugin.info();
+            let wanted: std::borrow::Cow<'_, [Event]> = if events.iter().all(|e| info.wants(e)) {
+                events.into()
+            } else {
+                events.iter().filter(|e| info.wants(e)).cloned().collect::<Vec<_>>().into()
+            };
             if wanted.is_empty() {
                 continue;
             }
