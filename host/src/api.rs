@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -95,11 +94,12 @@ struct SqlRequest {
 async fn sql(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    request: Result<Json<SqlRequest>, JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let Json(request) = request.map_err(|e| ApiError {
+    // Any content type is accepted (`curl -d` sends form encoding): the body is read as JSON.
+    let request: SqlRequest = serde_json::from_slice(&body).map_err(|e| ApiError {
         status: StatusCode::BAD_REQUEST,
-        message: format!("the body must be JSON like {{\"sql\": \"SELECT ...\"}}: {}", e.body_text()),
+        message: format!("the body must be JSON like {{\"sql\": \"SELECT ...\"}}: {e}"),
     })?;
     let answer = state.sql.query(&request.sql).await.map_err(|e| {
         let status = match e {

@@ -186,6 +186,15 @@ fn http_sql_in_three_formats_and_tables() {
     let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert!(error["error"]["message"].as_str().unwrap().starts_with("weir's SQL is read-only"), "{error}");
 
+    // Like `curl -d`, without a JSON content type.
+    let mut response = agent
+        .post(&format!("http://{addr}/v1/sql"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send(r#"{"sql": "SELECT 1 AS one"}"#.as_bytes())
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.body_mut().read_to_string().unwrap(), r#"[{"one":1}]"#);
+
     let (status, body) = post("application/json", r#"{"query": "SELECT 1"}"#);
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("the body must be JSON like"), "{}", String::from_utf8_lossy(&body));
