@@ -8,6 +8,12 @@ cd "$(dirname "$0")"
 # rust-toolchain.toml names the wasm target, but rustup adds it only when it installs the toolchain.
 rustup target add wasm32-wasip2
 
+# The Postgres wire tests talk to weir with the real psql client.
+if ! command -v psql >/dev/null; then
+    echo "installing psql (Debian's postgresql-client) for the Postgres wire tests"
+    if [ "$(id -u)" = 0 ]; then apt-get install -y -q postgresql-client >/dev/null; else sudo apt-get install -y -q postgresql-client >/dev/null; fi
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee -a "$log"

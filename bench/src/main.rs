@@ -220,7 +220,6 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     use weir_host::query::{Catalog, QueryLimits, SqlEngine};
     use weir_host::readmodel::ReadModel;
 
-    let position = |offset| weir_host::event::Position { topic: "orders".into(), partition: 0, offset };
     let (mut insert_rates, mut update_rates) = (Vec::new(), Vec::new());
     let mut last = None;
     for _ in 0..repeats {
@@ -231,7 +230,7 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
                 // Updates touch keys in a scattered order, as real traffic does.
                 let key = if round == 0 { i } else { (i * 7_919) % rows };
                 let change = weir_host::row::RowChange::Upsert { table: "orders".into(), row: order_row(key, round) };
-                model.apply(&position(i), vec![change])?;
+                model.apply(vec![change])?;
                 if i % 100_000 == 99_999 {
                     model.snapshot()?;
                 }
@@ -242,10 +241,28 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
         last = Some(model);
     }
     let Some(mut model) = last else { anyhow::bail!("no repeat ran") };
+
     let table_bytes: usize = model.tables().map(|t| t.arrow_bytes()).sum();
     let snapshot = model.snapshot()?;
     let raw = weir_host::readmodel::raw_arrow_bytes(&snapshot.tables[0])?;
     eprintln!("readmodel: {rows} rows, table holds {table_bytes} bytes of Arrow buffers, raw Arrow of its rows {raw}");
+
+    // Checkpoint write (Arrow IPC file, synced) and restore (read back, key index rebuilt).
+    let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("orders.arrow");
+    let (mut writes, mut restores) = (Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        let started = Instant::now();
+        weir_host::readmodel::write_table_file(&snapshot.tables[0], &file)?;
+        writes.push(started.elapsed().as_secs_f64() * 1000.0);
+        let started = Instant::now();
+        let mut restored = ReadModel::new("bench", &[orders_schema()]);
+        let n = restored.load_table_file("orders", &file)?;
+        restores.push(started.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(n as u64 == rows, "restored {n} rows of {rows}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 
     let catalog = Arc::new(Catalog::default());
     catalog.register("bench", &[orders_schema()])?;
@@ -266,6 +283,35 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     };
     let point = latency(&|q| format!("SELECT * FROM orders WHERE order_id = 'o-{:09}'", (q * 104_729) % rows))?;
     let group = latency(&|_| "SELECT status, count(*), sum(amount) FROM orders GROUP BY status".to_string())?;
+
+    // The same queries while another thread upserts 100,000 rows/s into the table and publishes a
+    // snapshot every 100 ms, as the ingest loop does.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ingest = {
+        let (stop, catalog) = (stop.clone(), engine.catalog().clone());
+        std::thread::spawn(move || -> anyhow::Result<f64> {
+            let started = Instant::now();
+            let mut applied = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let tick = Instant::now();
+                for _ in 0..10_000 {
+                    let key = (applied * 7_919) % rows;
+                    let row = order_row(key, 2 + applied / rows);
+                    model.apply(vec![weir_host::row::RowChange::Upsert { table: "orders".into(), row }])?;
+                    applied += 1;
+                }
+                catalog.publish(model.snapshot()?);
+                std::thread::sleep(std::time::Duration::from_millis(100).saturating_sub(tick.elapsed()));
+            }
+            Ok(applied as f64 / started.elapsed().as_secs_f64())
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let point_ingest = latency(&|q| format!("SELECT * FROM orders WHERE order_id = 'o-{:09}'", (q * 104_729) % rows))?;
+    let group_ingest = latency(&|_| "SELECT status, count(*), sum(amount) FROM orders GROUP BY status".to_string())?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ingest_rate = ingest.join().map_err(|_| anyhow::anyhow!("ingest thread panicked"))??;
+    eprintln!("readmodel: ingest during the queries ran at {ingest_rate:.0} row upserts/s");
 
     let rate = |metric: &str, samples: Vec<f64>, goal| {
         let r = Rate::of(samples);
@@ -295,8 +341,108 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
             goal: "≤ 2",
         },
         ms(&format!("SQL point lookup over {rows} rows (no ingest)"), &point, ""),
-        ms(&format!("SQL group-by over {rows} rows (no ingest)"), &group, "p99 < 50 under ingest"),
+        ms(&format!("SQL group-by over {rows} rows (no ingest)"), &group, ""),
+        ms(&format!("SQL point lookup, {rows} rows, {:.0}k upserts/s ingest", ingest_rate / 1000.0), &point_ingest, ""),
+        ms(&format!("SQL group-by, {rows} rows, {:.0}k upserts/s ingest", ingest_rate / 1000.0), &group_ingest, "p99 < 50"),
+        {
+            let r = Rate::of(writes);
+            Figure { scenario: "checkpoint", metric: format!("write {rows} rows (Arrow IPC, fsync)"), unit: "ms", median: r.median, low: r.min, high: r.max, spread: "min–max", goal: "" }
+        },
+        {
+            let r = Rate::of(restores);
+            Figure { scenario: "checkpoint", metric: format!("restore {rows} rows (read + key index)"), unit: "ms", median: r.median, low: r.min, high: r.max, spread: "min–max", goal: "< 2000" }
+        },
     ])
+}
+
+/// The embedded log: append and read rates of ~200-byte events in batches of 1,000.
+fn embedded_log(events: usize, repeats: usize) -> anyhow::Result<Vec<Figure>> {
+    use weir_host::log::{EmbeddedLog, FsyncPolicy, LogConfig};
+    let sample = weir_host::sample::OrderStream::take_events(42, 1_000, events);
+    let mut figures = Vec::new();
+    for fsync in [FsyncPolicy::Always, FsyncPolicy::Never] {
+        let (mut appends, mut reads) = (Vec::new(), Vec::new());
+        for _ in 0..repeats {
+            let dir = std::env::temp_dir().join(format!("weir-bench-log-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let log = EmbeddedLog::open(&dir, LogConfig { partitions: 4, fsync, ..LogConfig::default() })?;
+            let started = Instant::now();
+            for chunk in sample.chunks(1_000) {
+                log.append("orders", chunk.to_vec())?;
+            }
+            appends.push(events as f64 / started.elapsed().as_secs_f64());
+            let started = Instant::now();
+            let mut read = 0;
+            for range in log.ranges("orders")? {
+                let mut next = range.start;
+                while next < range.end {
+                    let batch = log.read("orders", range.partition, next, 1 << 20)?;
+                    next = batch.last().map_or(range.end, |e| e.position.offset + 1);
+                    read += batch.len();
+                }
+            }
+            reads.push(read as f64 / started.elapsed().as_secs_f64());
+            anyhow::ensure!(read == events, "read {read} of {events}");
+            drop(log);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let name = match fsync {
+            FsyncPolicy::Always => "fsync=always",
+            FsyncPolicy::Never => "fsync=never",
+        };
+        for (metric, samples, goal) in [("append", appends, "≥ 500000"), ("read", reads, "")] {
+            let r = Rate::of(samples);
+            figures.push(Figure {
+                scenario: "log",
+                metric: format!("{metric} {events} events, batches of 1000, {name}"),
+                unit: "events/s",
+                median: r.median,
+                low: r.min,
+                high: r.max,
+                spread: "min–max",
+                goal: if metric == "append" && fsync == FsyncPolicy::Always { goal } else { "" },
+            });
+        }
+    }
+    Ok(figures)
+}
+
+/// End to end on the embedded log: a host running the orders projection; `events` written to
+/// its log in batches of 10,000; the time from the first write until every event is in the read
+/// model (and published to queries).
+fn end_to_end_embedded(events: usize, repeats: usize) -> anyhow::Result<Figure> {
+    let wasm = weir_host::build::build_plugin(&weir_host::demo::plugins_dir().join("orders"))?;
+    let sample = weir_host::sample::OrderStream::take_events(42, 1_000, events);
+    let mut rates = Vec::new();
+    for _ in 0..repeats {
+        let dir = std::env::temp_dir().join(format!("weir-bench-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = weir_host::config::Config::default();
+        config.server.data_dir = dir.clone();
+        config.server.pg = None;
+        config.checkpoint.interval_ms = 60_000;
+        config.plugins.push(weir_host::config::PluginConfig { path: wasm.clone(), params: Default::default() });
+        let host = weir_host::server::Host::start(&config)?;
+        let started = Instant::now();
+        for chunk in sample.chunks(10_000) {
+            host.sink.append("orders", chunk.to_vec())?;
+        }
+        anyhow::ensure!(host.wait_caught_up(events as u64, std::time::Duration::from_secs(600)), "never caught up");
+        rates.push(events as f64 / started.elapsed().as_secs_f64());
+        host.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let r = Rate::of(rates);
+    Ok(Figure {
+        scenario: "e2e",
+        metric: format!("embedded log → orders (wasm) → Arrow, {events} events"),
+        unit: "events/s",
+        median: r.median,
+        low: r.min,
+        high: r.max,
+        spread: "min–max",
+        goal: "≥ 1000000",
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -307,7 +453,9 @@ fn main() -> anyhow::Result<()> {
     eprintln!("weir-bench on {} cores, {} ({} build)", machine.cores, machine.cpu, machine.profile);
 
     let comparisons = vec![wasm_vs_native(events, repeats, args.batch)?];
-    let figures = readmodel(events as u64, repeats)?;
+    let mut figures = readmodel(events as u64, repeats)?;
+    figures.extend(embedded_log(events, repeats)?);
+    figures.push(end_to_end_embedded(events, repeats)?);
 
     println!("\n{:<16} {:<10} {:>34} {:>34} {:>7} {:>6}", "scenario", "unit", "weir (median, min–max)", "baseline (median, min–max)", "ratio", "goal");
     for c in &comparisons {

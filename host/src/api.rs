@@ -1,22 +1,30 @@
 //! The HTTP API (axum): the only module that knows axum exists.
 //!
-//! Routes: `GET /` (dashboard), `GET /healthz`, `GET /v1/plugins`, `GET /v1/tables`,
-//! `POST /v1/sql` (`{"sql": "..."}`; JSON rows by default, CSV for `Accept: text/csv`, an Arrow IPC
-//! stream for `Accept: application/vnd.apache.arrow.stream`). Every error is one JSON shape,
+//! Routes: `GET /` (dashboard), `GET /healthz`, `GET /v1/status` (source, plugins, lag per
+//! partition, last checkpoint), `GET /v1/plugins`, `GET /v1/tables`, `POST /v1/sql`
+//! (`{"sql": "..."}`; JSON rows by default, CSV for `Accept: text/csv`, an Arrow IPC stream for
+//! `Accept: application/vnd.apache.arrow.stream`), `POST /v1/topics/{topic}/events` (one event,
+//! a JSON array or JSON lines; `?type=T&key=FIELD` for bare payloads; answers the positions). Every error is one JSON shape,
 //! `{"error": {"status": 400, "message": "..."}}`, with the matching HTTP status.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use crate::event::{ProduceOptions, parse_events};
+use crate::ingest::{Status, StatusBoard};
 use crate::plugin::PluginInfo;
 use crate::query::{QueryError, SqlEngine, TableInfo};
+use crate::source::EventSink;
+
+/// The largest body `POST /v1/topics/{topic}/events` accepts.
+const MAX_PRODUCE_BYTES: usize = 256 << 20;
 
 /// Media type of an Arrow IPC stream.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -35,14 +43,18 @@ pub struct PluginStatus {
     pub events_failed: u64,
     /// Instances started (more than one means it trapped and was recreated).
     pub instances_started: u64,
+    /// The latest failures, newest last, each naming plugin, position and reason.
+    pub recent_failures: Vec<String>,
 }
 
 /// State shared by the handlers.
 pub struct ApiState {
-    /// The plugins, as last reported by the pipeline.
-    pub plugins: RwLock<Vec<PluginStatus>>,
+    /// What the ingest loop last reported.
+    pub status: StatusBoard,
     /// SQL over the published read models.
     pub sql: Arc<SqlEngine>,
+    /// Where produced events go (absent: producing is refused).
+    pub sink: Option<Arc<dyn EventSink>>,
 }
 
 /// The error body every route uses.
@@ -64,7 +76,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/", get(|| async { Html(include_str!("../../dashboard/index.html")) }))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/status", get(status))
         .route("/v1/plugins", get(plugins))
+        .route(
+            "/v1/topics/{topic}/events",
+            axum::routing::post(produce).layer(DefaultBodyLimit::max(MAX_PRODUCE_BYTES)),
+        )
         .route("/v1/tables", get(tables))
         .route("/v1/sql", axum::routing::post(sql))
         .fallback(|method: Method, uri: Uri| async move {
@@ -73,12 +90,48 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-async fn plugins(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<PluginStatus>>, ApiError> {
-    let plugins = state.plugins.read().map_err(|_| ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        message: "plugin table is unavailable".into(),
+fn read_status(state: &ApiState) -> Status {
+    state.status.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+async fn status(State(state): State<Arc<ApiState>>) -> Json<Status> {
+    Json(read_status(&state))
+}
+
+async fn plugins(State(state): State<Arc<ApiState>>) -> Json<Vec<PluginStatus>> {
+    Json(read_status(&state).plugins)
+}
+
+async fn produce(
+    State(state): State<Arc<ApiState>>,
+    Path(topic): Path<String>,
+    Query(options): Query<ProduceOptions>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let bad = |message: String| ApiError { status: StatusCode::BAD_REQUEST, message };
+    let sink = state.sink.clone().ok_or_else(|| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "this host has no event sink to write to".into(),
     })?;
-    Ok(Json(plugins.clone()))
+    let events = parse_events(&topic, &body, &options).map_err(|e| bad(format!("{topic}: {e}; nothing was written")))?;
+    if events.is_empty() {
+        return Err(bad(format!("{topic}: the body holds no events")));
+    }
+    let count = events.len();
+    let written = tokio::task::spawn_blocking(move || sink.append(&topic, events))
+        .await
+        .map_err(|e| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() })?;
+    let positions = written.map_err(|e| match e {
+        crate::source::SourceError::Invalid(_) | crate::source::SourceError::Log(crate::log::LogError::InvalidTopicName(_)) => {
+            bad(e.to_string())
+        }
+        crate::source::SourceError::Log(crate::log::LogError::RecordTooLarge { .. }) => ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("{e}; nothing was written"),
+        },
+        _ => ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string() },
+    })?;
+    Ok(Json(serde_json::json!({ "count": count, "positions": positions })))
 }
 
 async fn tables(State(state): State<Arc<ApiState>>) -> Json<Vec<TableInfo>> {

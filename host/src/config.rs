@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::checkpoint::CheckpointConfig;
+use crate::log::LogConfig;
 use crate::plugin::Limits;
 use crate::query::QueryLimits;
 
@@ -61,6 +63,12 @@ pub struct Config {
     /// Limits every SQL query runs under.
     #[serde(default)]
     pub query: QueryLimits,
+    /// The embedded log (the source when no `[kafka]` section is given).
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Checkpoint cadence and retention.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
     /// The plugins to load.
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<PluginConfig>,
@@ -76,6 +84,11 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Events per plugin call.
     pub batch_size: usize,
+    /// Longest time, in milliseconds, between an event being applied and queries seeing it.
+    pub publish_interval_ms: u64,
+    /// Postgres wire-protocol listen address (loopback by default); omit to turn it off.
+    /// Env: `WEIR_PG`.
+    pub pg: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +97,8 @@ impl Default for ServerConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 7070)),
             data_dir: PathBuf::from("data"),
             batch_size: 1024,
+            publish_interval_ms: 100,
+            pg: Some(SocketAddr::from(([127, 0, 0, 1], 5433))),
         }
     }
 }
@@ -130,7 +145,7 @@ impl Config {
         Ok(config)
     }
 
-    /// Apply `WEIR_HTTP` and `WEIR_DATA_DIR`.
+    /// Apply `WEIR_HTTP`, `WEIR_PG` (an address, or `off`) and `WEIR_DATA_DIR`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(value) = var("WEIR_HTTP") {
             self.server.http = value.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
@@ -138,6 +153,17 @@ impl Config {
                 value: value.clone(),
                 message: e.to_string(),
             })?;
+        }
+        if let Some(value) = var("WEIR_PG") {
+            self.server.pg = if value.is_empty() || value == "off" {
+                None
+            } else {
+                Some(value.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                    name: "WEIR_PG".into(),
+                    value: value.clone(),
+                    message: e.to_string(),
+                })?)
+            };
         }
         if let Some(value) = var("WEIR_DATA_DIR") {
             self.server.data_dir = PathBuf::from(value);

@@ -1,19 +1,20 @@
 //! `weir demo`: build the example plugins, run a generated order stream through them into Arrow
 //! read models, print SQL answers, then serve the API until Ctrl-C.
 //!
-//! Until the event-source work lands, the feed is in-process; the plugins, the runtime, the
-//! sandbox, the read models and the SQL engine are the real ones.
+//! Everything is the real path: the generated events are written to the embedded log of a fresh
+//! data directory, and the host's ingest loop reads them through the plugins into read models.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
-use crate::api::PluginStatus;
+use std::time::Duration;
+
+use crate::config::{Config, PluginConfig};
 use crate::event::{Event, Position};
-use crate::pipeline::Pipeline;
 use crate::plugin::PluginKind;
-use crate::query::{Catalog, QueryLimits, SqlEngine};
+use crate::query::SqlEngine;
+use crate::server::Host;
 
 /// The example plugins' directory: `./plugins` when run from the repository root, else the one
 /// this binary was built from.
@@ -87,97 +88,117 @@ pub struct DemoOptions {
     pub events: usize,
     /// Events per plugin call.
     pub batch_size: usize,
-    /// Where the compiled-plugin cache lives.
-    pub cache_dir: PathBuf,
+    /// The demo's data directory (emptied first): embedded log, checkpoints, compiled plugins.
+    pub data_dir: PathBuf,
+    /// HTTP address the host will serve on (recorded in its config).
+    pub http: std::net::SocketAddr,
+    /// Postgres wire address, if any.
+    pub pg: Option<std::net::SocketAddr>,
     /// More plugins to run beside the examples: crate directories (built first) or `.wasm` files.
     pub extra_plugins: Vec<PathBuf>,
 }
 
-/// Build and load the example plugins, run the feed into read models, print SQL answers. Returns
-/// the plugins' statuses and the SQL engine over the read models, for the API.
-pub fn run(options: &DemoOptions, runtime: &tokio::runtime::Runtime) -> anyhow::Result<(Vec<PluginStatus>, Arc<SqlEngine>)> {
+/// Build the example plugins, start a host on a fresh data directory, write the generated order
+/// stream to its embedded log, wait until the read models reflect all of it, and print SQL
+/// answers. Returns the running host, for the API.
+pub fn run(options: &DemoOptions, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Host> {
     let dir = plugins_dir();
     println!("weir demo: building the example plugins in {} for wasm32-wasip2 ...", dir.display());
     let orders_wasm = crate::build::build_plugin(&dir.join("orders"))?;
     let alerts_wasm = crate::build::build_plugin(&dir.join("high-value-orders"))?;
 
-    let plugin_runtime = crate::plugin::PluginRuntime::new(crate::plugin::Limits::default(), Some(&options.cache_dir))?;
-    let started = Instant::now();
-    let mut plugins = vec![
-        plugin_runtime.load(&orders_wasm, BTreeMap::new())?,
-        plugin_runtime.load(&alerts_wasm, BTreeMap::from([("threshold".to_string(), "2500".to_string())]))?,
-    ];
-    for path in &options.extra_plugins {
-        let wasm = if path.is_dir() { crate::build::build_plugin(path)? } else { path.clone() };
-        plugins.push(plugin_runtime.load(&wasm, BTreeMap::new())?);
+    if options.data_dir.exists() {
+        std::fs::remove_dir_all(&options.data_dir)
+            .map_err(|e| anyhow::anyhow!("emptying the demo's data directory {}: {e}", options.data_dir.display()))?;
     }
-    println!("loaded {} plugins in {:.0?}:", plugins.len(), started.elapsed());
-    for p in &plugins {
-        let what = match &p.info().kind {
+    let mut config = Config::default();
+    config.server.data_dir = options.data_dir.clone();
+    config.server.http = options.http;
+    config.server.pg = options.pg;
+    config.server.batch_size = options.batch_size;
+    config.plugins.push(PluginConfig { path: orders_wasm, params: BTreeMap::new() });
+    config.plugins.push(PluginConfig {
+        path: alerts_wasm,
+        params: BTreeMap::from([("threshold".to_string(), "2500".to_string())]),
+    });
+    for path in &options.extra_plugins {
+        config.plugins.push(PluginConfig { path: path.clone(), params: BTreeMap::new() });
+    }
+
+    let started = Instant::now();
+    let host = Host::start(&config)?;
+    let statuses = host.status.read().map(|s| s.plugins.clone()).unwrap_or_default();
+    println!("loaded {} plugins in {:.0?}; data directory {}:", statuses.len(), started.elapsed(), options.data_dir.display());
+    for p in &statuses {
+        let what = match &p.info.kind {
             PluginKind::Projection { tables } => {
                 format!("projection writing {}", tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "))
             }
             PluginKind::Handler { emits_to } => format!("handler emitting to {}", emits_to.join(", ")),
         };
-        println!("  {} ({what}) from {}", p.info().label(), p.path().display());
-    }
-
-    let catalog = Arc::new(Catalog::default());
-    let engine = Arc::new(SqlEngine::new(catalog.clone(), QueryLimits::default())?);
-    let mut pipeline = Pipeline::new(catalog);
-    for plugin in plugins {
-        pipeline.add(plugin)?;
+        println!("  {} ({what}) from {}", p.info.label(), p.path);
     }
 
     let mut events = crate::sample::OrderStream::take_events(42, 1_000, options.events);
-    events.extend(bad_events(events.len() as u64));
+    events.extend(bad_events(0));
+    let total = events.len();
     let started = Instant::now();
-    let mut emitted = Vec::new();
-    let mut failures = Vec::new();
-    for batch in events.chunks(options.batch_size.max(1)) {
-        let outcome = pipeline.process(batch);
-        emitted.extend(outcome.emitted);
-        failures.extend(outcome.failures);
+    for chunk in events.chunks(10_000) {
+        host.sink.append(crate::sample::ORDERS_TOPIC, chunk.to_vec())?;
     }
-    pipeline.publish()?;
+    let written = started.elapsed();
+    if !host.wait_caught_up(total as u64, Duration::from_secs(600)) {
+        anyhow::bail!("the plugins did not catch up with the log within 10 minutes");
+    }
     let elapsed = started.elapsed();
     println!(
-        "\nfed {} events through the plugins into Arrow read models in {:.2?} ({:.0} events/s)",
-        events.len(),
-        elapsed,
-        events.len() as f64 / elapsed.as_secs_f64()
+        "\nwrote {total} events to the embedded log (topic {}) in {written:.2?}; the plugins applied them all to Arrow read models {elapsed:.2?} after the first write ({:.0} events/s end to end)",
+        crate::sample::ORDERS_TOPIC,
+        total as f64 / elapsed.as_secs_f64()
     );
-    for status in pipeline.statuses() {
-        println!("  {}: {} ok, {} failed", status.info.label(), status.events_ok, status.events_failed);
+    let status = host.status.read().map(|s| s.clone()).unwrap_or_default();
+    for plugin in &status.plugins {
+        println!("  {}: {} ok, {} failed", plugin.info.label(), plugin.events_ok, plugin.events_failed);
     }
 
     for sql in DEMO_QUERIES {
-        print_query(runtime, &engine, sql)?;
+        print_query(runtime, &host.sql, sql)?;
     }
-    for plugin in pipeline.plugins().skip(2) {
-        if let PluginKind::Projection { tables } = &plugin.info().kind {
+    for plugin in status.plugins.iter().skip(2) {
+        if let PluginKind::Projection { tables } = &plugin.info.kind {
             for table in tables {
-                let name = format!("{}.{}", plugin.info().name, table.name);
-                print_query(runtime, &engine, &format!("SELECT count(*) AS rows FROM {name}"))?;
-                print_query(runtime, &engine, &format!("SELECT * FROM {name} LIMIT 3"))?;
+                let name = format!("{}.{}", plugin.info.name, table.name);
+                print_query(runtime, &host.sql, &format!("SELECT count(*) AS rows FROM {name}"))?;
+                print_query(runtime, &host.sql, &format!("SELECT * FROM {name} LIMIT 3"))?;
             }
         }
     }
 
-    let flagged: Vec<Vec<String>> = emitted
-        .iter()
-        .take(3)
-        .map(|e| vec![e.topic.clone(), e.event_type.clone(), String::from_utf8_lossy(&e.payload).into_owned()])
-        .collect();
-    print_table(
-        &format!("high-value-orders emitted {} events; the first three:", emitted.len()),
-        &["topic", "type", "payload"],
-        &flagged,
-    );
-
-    println!("\nrefused events ({}), each with plugin, position and reason:", failures.len());
-    for e in failures.iter().take(5) {
-        println!("  {e}");
+    if let Some(log) = &host.log {
+        let mut alerts = Vec::new();
+        let mut count = 0;
+        for range in log.ranges("order-alerts").unwrap_or_default() {
+            count += range.end - range.start;
+            if alerts.len() < 3 {
+                alerts.extend(log.read("order-alerts", range.partition, range.start, 4096)?.into_iter().take(3 - alerts.len()));
+            }
+        }
+        let flagged: Vec<Vec<String>> = alerts
+            .iter()
+            .map(|e| vec![e.position.to_string(), e.event_type.clone(), String::from_utf8_lossy(&e.payload).into_owned()])
+            .collect();
+        print_table(
+            &format!("high-value-orders emitted {count} events to topic order-alerts; the first three:"),
+            &["position", "type", "payload"],
+            &flagged,
+        );
     }
-    Ok((pipeline.statuses(), engine))
+
+    println!("\nrefused events, each with plugin, position and reason:");
+    for plugin in &status.plugins {
+        for failure in plugin.recent_failures.iter().take(5) {
+            println!("  {failure}");
+        }
+    }
+    Ok(host)
 }

@@ -10,12 +10,18 @@
 
 pub mod api;
 pub mod build;
+pub mod checkpoint;
 pub mod config;
 pub mod demo;
 pub mod event;
+pub mod ingest;
+pub mod log;
 pub mod pipeline;
 pub mod plugin;
+pub mod postgres;
 pub mod query;
 pub mod readmodel;
 pub mod row;
 pub mod sample;
+pub mod server;
+pub mod source;

@@ -15,16 +15,20 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use std::path::Path;
+
 use datafusion::arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanArray, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Float64Array, Float64Builder,
+    Int64Array, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::event::Position;
+use crate::event::PositionMap;
 use crate::row::{ColumnType, RowChange, TableSchema, Value};
 
 /// Rows the tail may hold before it is sealed even without a publish.
@@ -65,6 +69,14 @@ pub enum ReadModelError {
         plugin: String,
         /// Table.
         table: String,
+    },
+    /// A checkpoint file could not be written or read back.
+    #[error("checkpoint file {path}: {message}")]
+    CheckpointFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
     },
     /// Arrow refused to build a batch (a bug, reported rather than a crash).
     #[error("table {table}: {source}")]
@@ -429,7 +441,7 @@ fn encode_key<'a>(values: impl Iterator<Item = &'a Value>) -> Vec<u8> {
 pub struct ReadModel {
     plugin: String,
     tables: BTreeMap<String, ReadModelTable>,
-    positions: BTreeMap<(String, u32), u64>,
+    positions: PositionMap,
 }
 
 /// One projection's tables at one event boundary.
@@ -439,8 +451,8 @@ pub struct ReadModelSnapshot {
     pub plugin: String,
     /// Its tables.
     pub tables: Vec<TableSnapshot>,
-    /// Per (topic, partition), the offset of the last event applied.
-    pub positions: BTreeMap<(String, u32), u64>,
+    /// Per (topic, partition), the next offset to apply: every event before it is reflected.
+    pub positions: PositionMap,
 }
 
 impl ReadModel {
@@ -449,12 +461,12 @@ impl ReadModel {
         ReadModel {
             plugin: plugin.to_string(),
             tables: tables.iter().map(|t| (t.name.clone(), ReadModelTable::new(t.clone()))).collect(),
-            positions: BTreeMap::new(),
+            positions: PositionMap::new(),
         }
     }
 
-    /// Apply one event's changes, all or nothing, and record its position.
-    pub fn apply(&mut self, position: &Position, changes: Vec<RowChange>) -> Result<()> {
+    /// Apply one event's changes, all or nothing.
+    pub fn apply(&mut self, changes: Vec<RowChange>) -> Result<()> {
         // Check everything first, so a bad change leaves no earlier change of the event applied.
         for change in &changes {
             let table = self.table(change.table())?;
@@ -469,8 +481,12 @@ impl ReadModel {
                 RowChange::Delete { table, key } => self.table_mut(&table)?.delete(&key)?,
             }
         }
-        self.positions.insert((position.topic.clone(), position.partition), position.offset);
         Ok(())
+    }
+
+    /// Record the source positions the tables now reflect.
+    pub fn set_positions(&mut self, positions: &PositionMap) {
+        self.positions.clone_from(positions);
     }
 
     fn table(&self, name: &str) -> Result<&ReadModelTable> {
@@ -494,6 +510,77 @@ impl ReadModel {
     pub fn tables(&self) -> impl Iterator<Item = &ReadModelTable> {
         self.tables.values()
     }
+
+    /// Replace a table's rows with those of a checkpoint file written by [`write_table_file`].
+    /// Returns the rows loaded.
+    pub fn load_table_file(&mut self, table: &str, path: &Path) -> Result<usize> {
+        let failed = |message: String| ReadModelError::CheckpointFile { path: path.to_owned(), message };
+        let target = self.table_mut(table)?;
+        let file = std::fs::File::open(path).map_err(|e| failed(e.to_string()))?;
+        let reader = FileReader::try_new(std::io::BufReader::new(file), None).map_err(|e| failed(e.to_string()))?;
+        if reader.schema().fields() != target.arrow.fields() {
+            return Err(failed(format!(
+                "its columns ({}) are not those the plugin declares for {table} ({})",
+                reader.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "),
+                target.arrow.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "),
+            )));
+        }
+        *target = ReadModelTable::new(target.schema.clone());
+        for batch in reader {
+            let batch = batch.map_err(|e| failed(e.to_string()))?;
+            // The file's schema object may differ in metadata; rebuild on ours.
+            let batch = RecordBatch::try_new(target.arrow.clone(), batch.columns().to_vec())
+                .map_err(|e| failed(e.to_string()))?;
+            let keys = (0..batch.num_rows())
+                .map(|row| {
+                    let values = target
+                        .key_columns
+                        .iter()
+                        .map(|&c| value_at(batch.column(c).as_ref(), target.schema.columns[c].kind, row))
+                        .collect::<Vec<_>>();
+                    encode_key(values.iter())
+                })
+                .collect::<Vec<_>>();
+            target.add_segment(batch, keys);
+        }
+        Ok(target.len())
+    }
+}
+
+/// Write one table of a snapshot as an Arrow IPC file (synced before returning). Returns the
+/// bytes written.
+pub fn write_table_file(table: &TableSnapshot, path: &Path) -> Result<u64> {
+    let failed = |message: String| ReadModelError::CheckpointFile { path: path.to_owned(), message };
+    let file = std::fs::File::create(path).map_err(|e| failed(e.to_string()))?;
+    let mut writer =
+        FileWriter::try_new(std::io::BufWriter::new(file), &table.schema).map_err(|e| failed(e.to_string()))?;
+    for batch in &table.batches {
+        writer.write(batch).map_err(|e| failed(e.to_string()))?;
+    }
+    writer.finish().map_err(|e| failed(e.to_string()))?;
+    let file = writer.into_inner().map_err(|e| failed(e.to_string()))?;
+    let file = file.into_inner().map_err(|e| failed(e.to_string()))?;
+    file.sync_all().map_err(|e| failed(e.to_string()))?;
+    file.metadata().map(|m| m.len()).map_err(|e| failed(e.to_string()))
+}
+
+/// The value of one cell, for rebuilding the key index of a loaded table.
+fn value_at(array: &dyn Array, kind: ColumnType, row: usize) -> Value {
+    if array.is_null(row) {
+        return Value::Null;
+    }
+    let any = array.as_any();
+    let value = match kind {
+        ColumnType::String => any.downcast_ref::<StringArray>().map(|a| Value::String(a.value(row).to_string())),
+        ColumnType::Int64 => any.downcast_ref::<Int64Array>().map(|a| Value::Int64(a.value(row))),
+        ColumnType::Float64 => any.downcast_ref::<Float64Array>().map(|a| Value::Float64(a.value(row))),
+        ColumnType::Bool => any.downcast_ref::<BooleanArray>().map(|a| Value::Bool(a.value(row))),
+        ColumnType::Timestamp => {
+            any.downcast_ref::<TimestampMicrosecondArray>().map(|a| Value::Timestamp(a.value(row)))
+        }
+        ColumnType::Bytes => any.downcast_ref::<BinaryArray>().map(|a| Value::Bytes(a.value(row).to_vec())),
+    };
+    value.unwrap_or(Value::Null)
 }
 
 #[cfg(test)]
@@ -553,16 +640,37 @@ mod tests {
     #[test]
     fn wrong_values_are_refused_with_table_and_column() {
         let mut model = ReadModel::new("p", &[schema()]);
-        let at = Position { topic: "t".into(), partition: 0, offset: 3 };
         let good = RowChange::Upsert { table: "t".into(), row: vec![Value::String("a".into()), Value::Int64(1)] };
         let bad = RowChange::Upsert { table: "t".into(), row: vec![Value::String("b".into()), Value::Bool(true)] };
-        let err = model.apply(&at, vec![good.clone(), bad]).unwrap_err();
+        let err = model.apply(vec![good.clone(), bad]).unwrap_err();
         assert_eq!(err.to_string(), "table t: column n expects int64 but got bool");
         // Nothing of that event was applied.
         assert_eq!(model.snapshot().unwrap().tables[0].rows, 0);
-        let err = model.apply(&at, vec![RowChange::Delete { table: "nope".into(), key: vec![] }]).unwrap_err();
+        let err = model.apply(vec![RowChange::Delete { table: "nope".into(), key: vec![] }]).unwrap_err();
         assert_eq!(err.to_string(), "table nope is not declared by plugin p");
-        model.apply(&at, vec![good]).unwrap();
-        assert_eq!(model.snapshot().unwrap().positions[&("t".to_string(), 0)], 3);
+        model.apply(vec![good]).unwrap();
+        assert_eq!(model.snapshot().unwrap().tables[0].rows, 1);
+    }
+
+    #[test]
+    fn a_table_written_to_a_checkpoint_file_loads_back_with_its_key_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = ReadModel::new("p", &[schema()]);
+        for i in 0..1000 {
+            let row = vec![Value::String(format!("k{}", i % 300)), Value::Int64(i)];
+            model.apply(vec![RowChange::Upsert { table: "t".into(), row }]).unwrap();
+        }
+        let snapshot = model.snapshot().unwrap();
+        let path = dir.path().join("t.arrow");
+        write_table_file(&snapshot.tables[0], &path).unwrap();
+        let mut restored = ReadModel::new("p", &[schema()]);
+        assert_eq!(restored.load_table_file("t", &path).unwrap(), 300);
+        let t = restored.tables.get_mut("t").unwrap();
+        assert_eq!(rows(t), rows(model.tables.get_mut("t").unwrap()));
+        // The index works: an upsert replaces, a delete removes.
+        t.upsert(vec![Value::String("k1".into()), Value::Int64(-1)]).unwrap();
+        t.delete(&[Value::String("k2".into())]).unwrap();
+        let after = rows(t);
+        assert_eq!((after.len(), after["k1"], after.get("k2")), (299, Some(-1), None));
     }
 }

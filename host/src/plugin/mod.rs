@@ -317,6 +317,18 @@ impl PluginRuntime {
             return Err(LoadError::WrongWorld { path, exports: exports.join(", ") });
         };
 
+        let fingerprint = {
+            use sha2::{Digest, Sha256};
+            let mut hasher = Sha256::new();
+            hasher.update(bytes);
+            for (name, value) in &params {
+                hasher.update((name.len() as u64).to_le_bytes());
+                hasher.update(name.as_bytes());
+                hasher.update((value.len() as u64).to_le_bytes());
+                hasher.update(value.as_bytes());
+            }
+            hasher.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
         let file_label: Arc<str> = path.file_stem().map_or("plugin".into(), |s| s.to_string_lossy().into());
         let params = Arc::new(params);
         let mut plugin = Plugin {
@@ -329,6 +341,7 @@ impl PluginRuntime {
                 kind: PluginKind::Handler { emits_to: Vec::new() },
             },
             path: path.clone(),
+            fingerprint,
             engine: self.engine.clone(),
             pre,
             live: None,
@@ -376,6 +389,7 @@ struct Live {
 pub struct Plugin {
     info: PluginInfo,
     path: PathBuf,
+    fingerprint: String,
     engine: Engine,
     pre: WorldPre,
     live: Option<Live>,
@@ -401,6 +415,12 @@ impl Plugin {
         &self.path
     }
 
+    /// SHA-256 of the component's bytes and its parameters: two plugins with the same
+    /// fingerprint turn the same events into the same rows.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
     /// How many instances have been started (1 + the number of recoveries after a trap).
     pub fn instances_started(&self) -> u64 {
         self.instances_started
@@ -412,6 +432,13 @@ impl Plugin {
             Some(live) => &live.store.data().state,
             None => &self.parked_state,
         }
+    }
+
+    /// Replace the committed state (restoring a checkpoint). The live instance, if any, is
+    /// dropped so the next call starts from a fresh one over this state.
+    pub fn restore_state(&mut self, state: KeyedState) {
+        self.park();
+        self.parked_state = state;
     }
 
     /// Run a projection over a batch: one outcome per event, in order.

@@ -52,6 +52,23 @@ impl KeyedState {
         self.committed_bytes
     }
 
+    /// Every committed entry, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.committed.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
+    /// State holding exactly these entries (as restored from a checkpoint).
+    pub fn from_entries(entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Self {
+        let mut state = KeyedState::default();
+        for (key, value) in entries {
+            state.committed_bytes += key.len() + value.len();
+            if let Some(old) = state.committed.insert(key.clone(), value) {
+                state.committed_bytes -= key.len() + old.len();
+            }
+        }
+        state
+    }
+
     fn read(&self, key: &[u8]) -> Option<Vec<u8>> {
         match self.pending.get(key) {
             Some(written) => written.clone(),

@@ -6,5 +6,6 @@
 mod cli;
 mod golden;
 mod hostile;
+mod ingest;
 mod sql;
 mod support;

@@ -141,7 +141,7 @@ fn answers_stay_consistent_while_ingesting() {
 fn http_sql_in_three_formats_and_tables() {
     let engine = orders_engine(2_000, QueryLimits::default());
     let rt = tokio();
-    let state = Arc::new(ApiState { plugins: Default::default(), sql: engine });
+    let state = Arc::new(ApiState { status: Default::default(), sql: engine, sink: None });
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     rt.spawn(weir_host::api::serve(
@@ -204,7 +204,8 @@ fn http_sql_in_three_formats_and_tables() {
     let orders = tables.as_array().unwrap().iter().find(|t| t["name"] == "orders").expect("orders table");
     assert_eq!(orders["qualified_name"], "orders.orders");
     assert_eq!(orders["rows"].as_i64().unwrap(), total);
-    assert_eq!(orders["positions"][0]["offset"], 1_999);
+    // The next offset to apply: all 2,000 events are reflected.
+    assert_eq!(orders["positions"][0]["offset"], 2_000);
     assert_eq!(orders["columns"][0]["name"], "order_id");
     let _ = stop_tx.send(());
 }

@@ -83,3 +83,163 @@ pub fn batch_with(n: u64, bad: &[(u64, &str)]) -> Vec<Event> {
         })
         .collect()
 }
+
+/// A `weir` child process, killed (SIGKILL) when dropped unless stopped first.
+pub struct WeirProcess {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT` of its HTTP API.
+    pub http: String,
+    /// `PORT` of its Postgres listener, if it announced one.
+    pub pg_port: Option<u16>,
+}
+
+impl WeirProcess {
+    /// Start `weir ARGS` in the repository root and wait until it says where it serves.
+    pub fn start(args: &[&std::ffi::OsStr]) -> WeirProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .current_dir(repo())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("starting weir");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut seen = String::new();
+        let mut http = None;
+        let mut pg_port = None;
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(rest) = line.strip_prefix("serving http://") {
+                http = rest.split('/').next().map(str::to_string);
+            }
+            if let Some(addr) = line.strip_prefix("postgres wire protocol on ") {
+                pg_port = addr.rsplit(':').next().and_then(|p| p.trim().parse().ok());
+            }
+            if line.starts_with("try: weir sql") {
+                break;
+            }
+        }
+        let Some(http) = http else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("weir never said where it serves; it printed:\n{seen}");
+        };
+        // Keep draining what it prints, as a terminal would.
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        WeirProcess { child, http, pg_port }
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit (the final checkpoint).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("waiting for weir")
+    }
+
+    /// GET a path; (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http("GET", &format!("http://{}{path}", self.http), None)
+    }
+
+    /// POST a body; (status, body).
+    pub fn post(&self, path: &str, body: &[u8]) -> (u16, String) {
+        http("POST", &format!("http://{}{path}", self.http), Some(body))
+    }
+
+    /// `GET /v1/status` as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = self.get("/v1/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// Wait until every plugin's lag is 0 on every partition, with at least `events` read in total
+    /// by the first plugin; panics after two minutes.
+    pub fn wait_caught_up(&self, events: u64) {
+        let started = std::time::Instant::now();
+        loop {
+            let status = self.status();
+            let lag = status["lag"].as_array().cloned().unwrap_or_default();
+            let first = lag.first().and_then(|l| l["plugin"].as_str()).unwrap_or("").to_string();
+            let ends: u64 = lag.iter().filter(|l| l["plugin"] == first.as_str()).map(|l| l["end"].as_u64().unwrap_or(0)).sum();
+            if !lag.is_empty() && ends >= events && lag.iter().all(|l| l["lag"] == 0) {
+                return;
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(120), "never caught up: {status:#}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// A query's answer as CSV.
+    pub fn sql_csv(&self, sql: &str) -> String {
+        let body = serde_json::to_vec(&serde_json::json!({ "sql": sql })).expect("json");
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut response = agent
+            .post(&format!("http://{}/v1/sql", self.http))
+            .header("accept", "text/csv")
+            .send(&body[..])
+            .expect("POST /v1/sql");
+        let code = response.status().as_u16();
+        let text = response.body_mut().with_config().limit(1 << 30).read_to_string().expect("body");
+        assert_eq!(code, 200, "{sql}: {text}");
+        text
+    }
+}
+
+impl Drop for WeirProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP exchange: (status, body).
+pub fn http(method: &str, url: &str, body: Option<&[u8]>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut response = match body {
+        Some(bytes) => agent.post(url).send(bytes),
+        None if method == "GET" => agent.get(url).call(),
+        None => agent.post(url).send(&[][..]),
+    }
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let code = response.status().as_u16();
+    let text = response.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
+    (code, text)
+}
+
+/// Events as the JSON lines `weir produce` and the produce endpoint read.
+pub fn envelope_lines(events: &[Event]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in events {
+        let data: serde_json::Value = serde_json::from_slice(&e.payload).expect("JSON payload");
+        let time = chrono::DateTime::from_timestamp_micros(e.time_us).expect("event time").to_rfc3339();
+        let line = serde_json::json!({ "type": e.event_type, "key": e.key, "id": e.id, "time": time, "data": data });
+        out.extend_from_slice(line.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// A config file in `dir` running `plugins` (name, params) on the embedded log.
+pub fn write_config(dir: &Path, plugins: &[(&str, &str)], extra: &str) -> PathBuf {
+    let mut text = format!(
+        "[server]\nhttp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\ndata_dir = \"data\"\nbatch_size = 256\n\n[checkpoint]\ninterval_ms = 150\n\n{extra}\n"
+    );
+    for (name, params) in plugins {
+        text.push_str(&format!("[[plugin]]\npath = {:?}\nparams = {{ {params} }}\n\n", wasm(name)));
+    }
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, text).expect("writing config");
+    path
+}

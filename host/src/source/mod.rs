@@ -1,0 +1,63 @@
+//! Event sources and sinks: where events come from (the embedded log or Kafka) and where
+//! produced and emitted events go. The rest of the host sees only [`Source`] and [`EventSink`];
+//! [`kafka`] alone knows rdkafka exists.
+//!
+//! **Invariant:** a source hands out the events of one partition in offset order, starting at
+//! the offset the pipeline asks for; it may repeat events (after a rebalance or a reconnect) but
+//! never skips one silently. The pipeline drops the repeats by position.
+
+pub mod embedded;
+
+use std::time::Duration;
+
+use crate::event::{Event, Position, PositionMap};
+
+/// Why a source or sink failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The embedded log failed.
+    #[error(transparent)]
+    Log(#[from] crate::log::LogError),
+    /// The broker or the Kafka client failed.
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// A produced event is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A `Result` with a [`SourceError`].
+pub type Result<T, E = SourceError> = std::result::Result<T, E>;
+
+/// The end of one partition, for lag.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionEnd {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Offset the next event written to it will get.
+    pub end: u64,
+}
+
+/// A stream of events from the partitions this host reads.
+pub trait Source: Send {
+    /// Up to `max` events, waiting at most `wait` when none is ready.
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Event>>;
+    /// The end of every partition read, as last seen.
+    fn ends(&mut self) -> Vec<PartitionEnd>;
+    /// A checkpoint holding `positions` (next offset per partition, lowest over the plugins) is
+    /// durable; a broker source commits them to its consumer group.
+    fn checkpointed(&mut self, positions: &PositionMap) -> Result<()>;
+    /// Partitions this host reads now (all of them for the embedded log; the group's assignment
+    /// for Kafka).
+    fn assignment(&self) -> Vec<(String, u32)>;
+    /// One line for status: what this source is connected to, and its state.
+    fn describe(&self) -> String;
+}
+
+/// Where produced and emitted events are written.
+pub trait EventSink: Send + Sync {
+    /// Write `events` to `topic`; returns their positions, in order, once durable.
+    fn append(&self, topic: &str, events: Vec<Event>) -> Result<Vec<Position>>;
+}

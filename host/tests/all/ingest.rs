@@ -1,0 +1,240 @@
+//! The whole host as a process: events produced over HTTP into the embedded log, read by the
+//! ingest loop through real plugins into read models, checkpointed, killed with SIGKILL at
+//! arbitrary instants and restarted; the Postgres listener asked by the real `psql`.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use weir_host::event::Event;
+use weir_host::log::{EmbeddedLog, LogConfig};
+use weir_host::pipeline::Pipeline;
+use weir_host::query::{Catalog, QueryLimits, SqlEngine};
+use weir_host::sample::OrderStream;
+
+use crate::support::{WeirProcess, envelope_lines, load, runtime, write_config};
+
+const ORDERS_CSV: &str = "SELECT * FROM orders ORDER BY order_id";
+// Revenue is a float sum whose order of additions depends on partitioning: compare it rounded.
+const REVENUE_CSV: &str =
+    "SELECT customer_id, round(revenue, 2) AS revenue, orders_paid FROM customer_revenue ORDER BY customer_id";
+
+/// The tables as they are when every event is applied exactly once, without any crash:
+/// the same events through the same plugin, in process, one pass.
+fn truth(events: &[Event]) -> (String, String) {
+    let runtime = runtime();
+    let catalog = Arc::new(Catalog::default());
+    let engine = SqlEngine::new(catalog.clone(), QueryLimits::default()).unwrap();
+    let mut pipeline = Pipeline::new(catalog);
+    pipeline.add(load(&runtime, "orders")).unwrap();
+    for batch in events.chunks(500) {
+        assert!(pipeline.process(batch).failures.is_empty());
+    }
+    pipeline.publish().unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let csv = |sql: &str| {
+        let answer = tokio.block_on(engine.query(sql)).unwrap();
+        String::from_utf8(weir_host::query::to_csv(&answer).unwrap()).unwrap()
+    };
+    (csv(ORDERS_CSV), csv(REVENUE_CSV))
+}
+
+fn serve(config: &std::path::Path) -> WeirProcess {
+    WeirProcess::start(&[OsStr::new("serve"), OsStr::new("--config"), config.as_os_str()])
+}
+
+#[test]
+fn kill_9_at_any_instant_neither_loses_nor_doubles_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[("orders", "")], "[log]\npartitions = 3\n");
+    let events = OrderStream::take_events(11, 300, 24_000);
+    let (orders_truth, revenue_truth) = truth(&events);
+
+    let chunks: Vec<&[Event]> = events.chunks(1_500).collect();
+    let mut weir = serve(&config);
+    let mut kills = 0;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let (code, body) = weir.post("/v1/topics/orders/events", &envelope_lines(chunk));
+        assert_eq!(code, 200, "{body}");
+        if i % 3 == 2 {
+            // Let ingest and a checkpoint get going, then pull the plug at a different instant each time.
+            std::thread::sleep(std::time::Duration::from_millis(40 + 70 * (i as u64 % 5)));
+            weir.kill9();
+            kills += 1;
+            weir = serve(&config);
+        }
+    }
+    assert!(kills >= 5);
+    weir.wait_caught_up(events.len() as u64);
+    assert_eq!(weir.sql_csv(ORDERS_CSV), orders_truth, "orders differ from a crash-free run");
+    assert_eq!(weir.sql_csv(REVENUE_CSV), revenue_truth, "customer_revenue differs from a crash-free run");
+
+    // A clean stop writes a final checkpoint; the next start restores it and reads nothing again.
+    assert!(weir.terminate().success());
+    let weir = serve(&config);
+    weir.wait_caught_up(events.len() as u64);
+    assert_eq!(weir.status()["events_read"], 0, "a restart after a clean stop re-read events");
+    assert_eq!(weir.sql_csv(ORDERS_CSV), orders_truth);
+}
+
+#[test]
+fn the_embedded_log_keeps_every_acknowledged_event_through_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[], "[log]\npartitions = 2\nsegment_bytes = 65536\n");
+    let events = OrderStream::take_events(5, 100, 40_000);
+    let mut acknowledged: Vec<(Event, u64, u64)> = Vec::new();
+    let mut sent = 0;
+    for round in 0..4 {
+        let weir = serve(&config);
+        let url = format!("http://{}/v1/topics/orders/events", weir.http);
+        // Appends race the kill: some requests are cut off mid-write.
+        let batch: Vec<Event> = events[sent..sent + 10_000].to_vec();
+        sent += 10_000;
+        let writer = std::thread::spawn(move || {
+            let mut acks = Vec::new();
+            for chunk in batch.chunks(250) {
+                let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                let Ok(mut response) = agent.post(&url).send(&envelope_lines(chunk)[..]) else { break };
+                if response.status() != 200 {
+                    break;
+                }
+                let body: serde_json::Value =
+                    serde_json::from_str(&response.body_mut().read_to_string().unwrap_or_default()).unwrap_or_default();
+                let Some(positions) = body["positions"].as_array() else { break };
+                for (event, p) in chunk.iter().zip(positions) {
+                    acks.push((event.clone(), p["partition"].as_u64().unwrap(), p["offset"].as_u64().unwrap()));
+                }
+            }
+            acks
+        });
+        std::thread::sleep(std::time::Duration::from_millis(150 + 100 * round));
+        weir.kill9();
+        acknowledged.extend(writer.join().unwrap());
+    }
+    assert!(acknowledged.len() > 1_000, "only {} acknowledged", acknowledged.len());
+
+    let log = EmbeddedLog::open(&dir.path().join("data/log"), LogConfig::default()).unwrap();
+    let produced: std::collections::HashMap<&str, &Event> = events.iter().map(|e| (e.id.as_str(), e)).collect();
+    let mut stored = std::collections::HashMap::new();
+    for range in log.ranges("orders").unwrap() {
+        let mut next = range.start;
+        loop {
+            let batch = log.read("orders", range.partition, next, 1 << 20).unwrap();
+            let Some(last) = batch.last() else { break };
+            next = last.position.offset + 1;
+            for e in batch {
+                // Nothing invented: every stored event is one that was sent (the payload as JSON:
+                // the produce endpoint re-encodes it).
+                let sent = produced.get(e.id.as_str()).unwrap_or_else(|| panic!("invented event {e:?}"));
+                let json = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).unwrap();
+                assert_eq!((&e.event_type, &e.key, e.time_us), (&sent.event_type, &sent.key, sent.time_us));
+                assert_eq!(json(&e.payload), json(&sent.payload));
+                stored.insert((e.position.partition as u64, e.position.offset), e.id.clone());
+            }
+        }
+    }
+    for (event, partition, offset) in &acknowledged {
+        assert_eq!(stored.get(&(*partition, *offset)), Some(&event.id), "acknowledged event lost at {partition}@{offset}");
+    }
+}
+
+#[test]
+fn produce_status_and_bad_input_over_http_and_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[("orders", ""), ("high-value-orders", "threshold = \"10\"")], "");
+    let weir = serve(&config);
+    let url = format!("http://{}", weir.http);
+    let events = OrderStream::take_events(3, 20, 500);
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, envelope_lines(&events)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["produce", "orders", "--url", &url, "--file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("wrote 500 events to orders\n  orders/0: "), "{text}");
+
+    // A bad line refuses the whole batch, naming the line.
+    let mut bad = envelope_lines(&events[..3]);
+    bad.extend_from_slice(b"{\"type\": \"OrderPlaced\", \"data\": {}\n");
+    let (code, body) = weir.post("/v1/topics/orders/events", &bad);
+    assert_eq!(code, 400);
+    assert!(body.contains("orders: line 4: not JSON"), "{body}");
+    assert!(body.contains("nothing was written"), "{body}");
+    let (code, body) = weir.post("/v1/topics/..%2Fetc/events", b"{\"type\":\"A\",\"data\":1}");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("invalid topic name"), "{body}");
+    // Bare payloads with a key field, from stdin.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["produce", "orders", "--url", &url, "--type", "OrderPlaced", "--key", "order_id"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"{\"order_id\":\"o-x1\",\"customer_id\":\"c-x\",\"amount\":12.5}\n",
+    )
+    .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+
+    weir.wait_caught_up(501);
+    assert_eq!(weir.sql_csv("SELECT status FROM orders WHERE order_id = 'o-x1'"), "status\nplaced\n");
+    let status = weir.status();
+    assert_eq!(status["source"], "embedded log");
+    let lag = status["lag"].as_array().unwrap();
+    // Two plugins × four partitions of `orders`, every one caught up to the partition's end.
+    assert_eq!(lag.len(), 8, "{status:#}");
+    let ends: u64 = lag.iter().filter(|l| l["plugin"] == "orders@0.1.0").map(|l| l["end"].as_u64().unwrap()).sum();
+    assert_eq!(ends, 501);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir")).args(["status", "--url", &url]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("source: embedded log") && text.contains("| orders/0 "), "{text}");
+
+    // The handler's events went to their topic in the log.
+    let (code, body) = weir.get("/v1/tables");
+    assert_eq!(code, 200);
+    assert!(body.contains("\"customer_revenue\""), "{body}");
+    drop(weir);
+    let log = EmbeddedLog::open(&dir.path().join("data/log"), LogConfig::default()).unwrap();
+    let alerts: u64 = log.ranges("order-alerts").unwrap().iter().map(|r| r.end).sum();
+    assert!(alerts > 0, "no alerts were emitted");
+}
+
+#[test]
+fn psql_asks_the_postgres_listener_and_is_refused_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[("orders", "")], "");
+    let weir = serve(&config);
+    let events = OrderStream::take_events(9, 50, 2_000);
+    assert_eq!(weir.post("/v1/topics/orders/events", &envelope_lines(&events)).0, 200);
+    weir.wait_caught_up(2_000);
+    let port = weir.pg_port.expect("the Postgres listener was not announced").to_string();
+    let psql = |sql: &str| {
+        std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "weir", "-d", "weir", "-X", "-A", "-t", "-c", sql])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("psql (Debian's postgresql-client) must be installed; test.sh installs it")
+    };
+    let out = psql("SELECT count(*) FROM orders");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let http = weir.sql_csv("SELECT count(*) AS n FROM orders");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), http.lines().nth(1).unwrap());
+
+    let out = psql("SELECT customer_id, orders_paid FROM orders.customer_revenue ORDER BY customer_id LIMIT 2");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+
+    for write in ["DROP TABLE orders", "DELETE FROM orders", "CREATE TABLE t (a int)"] {
+        let out = psql(write);
+        assert!(!out.status.success(), "{write} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("ERROR:  weir's SQL is read-only"), "{write}: {err}");
+    }
+    let out = psql("SELECT nope FROM orders");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ERROR:"), "bad SQL gave no error");
+}
