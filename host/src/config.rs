@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::checkpoint::CheckpointConfig;
 use crate::log::LogConfig;
 use crate::plugin::Limits;
+use crate::source::kafka::KafkaConfig;
 use crate::query::QueryLimits;
 
 /// Why the configuration could not be used.
@@ -69,6 +70,9 @@ pub struct Config {
     /// Checkpoint cadence and retention.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// Kafka / Redpanda: when present, the source and the sink instead of the embedded log.
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
     /// The plugins to load.
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<PluginConfig>,
@@ -196,6 +200,11 @@ mod tests {
         assert_eq!(config.plugins.len(), 2);
         assert_eq!(config.limits, Limits::default());
         assert!(config.server.http.ip().is_loopback());
+        assert!(config.kafka.is_none());
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/redpanda.toml"));
+        let config = Config::parse(path, include_str!("../../config/redpanda.toml")).unwrap();
+        let kafka = config.kafka.unwrap();
+        assert_eq!((kafka.brokers.as_str(), kafka.group_id.as_str()), ("127.0.0.1:9092", "weir"));
     }
 
     #[test]

@@ -278,6 +278,21 @@ impl Pipeline {
             .unwrap_or(0)
     }
 
+    /// For every partition some plugin has a position on: the lowest position over the plugins
+    /// that read its topic (a plugin without one counts as 0). Partitions nobody has read are
+    /// absent.
+    pub fn known_positions(&self) -> PositionMap {
+        let mut keys: Vec<(String, u32)> = self.slots.iter().flat_map(|s| s.positions.keys().cloned()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .map(|(topic, partition)| {
+                let start = self.start_offset(&topic, partition);
+                ((topic, partition), start)
+            })
+            .collect()
+    }
+
     /// Topics some plugin reads.
     pub fn topics(&self) -> Vec<String> {
         let mut topics: Vec<String> = self.slots.iter().flat_map(|s| s.plugin.info().topics.clone()).collect();

@@ -22,6 +22,7 @@ use crate::pipeline::Pipeline;
 use crate::plugin::PluginRuntime;
 use crate::query::{Catalog, SqlEngine};
 use crate::source::embedded::{EmbeddedSink, EmbeddedSource};
+use crate::source::kafka::{KafkaSink, KafkaSource};
 use crate::source::{EventSink, Source};
 
 /// A running host.
@@ -78,11 +79,20 @@ impl Host {
         }
         pipeline.publish()?;
 
-        let log = Arc::new(EmbeddedLog::open(&data_dir.join("log"), config.log.clone())?);
         let topics = pipeline.topics();
-        let source: Box<dyn Source> =
-            Box::new(EmbeddedSource::new(log.clone(), &topics, |topic, partition| pipeline.start_offset(topic, partition))?);
-        let sink: Arc<dyn EventSink> = Arc::new(EmbeddedSink(log.clone()));
+        let (source, sink, log): (Box<dyn Source>, Arc<dyn EventSink>, _) = match &config.kafka {
+            Some(kafka) => {
+                let source = KafkaSource::new(kafka, &topics, pipeline.known_positions())?;
+                tracing::info!(brokers = %kafka.brokers, group = %kafka.group_id, ?topics, "reading from kafka");
+                (Box::new(source), Arc::new(KafkaSink::new(kafka)?), None)
+            }
+            None => {
+                let log = Arc::new(EmbeddedLog::open(&data_dir.join("log"), config.log.clone())?);
+                let source =
+                    EmbeddedSource::new(log.clone(), &topics, |topic, partition| pipeline.start_offset(topic, partition))?;
+                (Box::new(source), Arc::new(EmbeddedSink(log.clone())), Some(log))
+            }
+        };
 
         let status: StatusBoard = Arc::new(RwLock::new(Status::default()));
         let settings = IngestSettings {
@@ -97,7 +107,7 @@ impl Host {
             .name("weir-ingest".into())
             .spawn(move || ingest.run(&thread_stop))
             .context("starting the ingest thread")?;
-        Ok(Host { status, sql, sink, log: Some(log), stop, ingest: Some(handle), _lock: lock })
+        Ok(Host { status, sql, sink, log, stop, ingest: Some(handle), _lock: lock })
     }
 
     /// State for the HTTP API.

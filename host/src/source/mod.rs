@@ -7,6 +7,7 @@
 //! never skips one silently. The pipeline drops the repeats by position.
 
 pub mod embedded;
+pub mod kafka;
 
 use std::time::Duration;
 

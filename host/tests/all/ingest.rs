@@ -13,14 +13,14 @@ use weir_host::sample::OrderStream;
 
 use crate::support::{WeirProcess, envelope_lines, load, runtime, write_config};
 
-const ORDERS_CSV: &str = "SELECT * FROM orders ORDER BY order_id";
+pub const ORDERS_CSV: &str = "SELECT * FROM orders ORDER BY order_id";
 // Revenue is a float sum whose order of additions depends on partitioning: compare it rounded.
-const REVENUE_CSV: &str =
+pub const REVENUE_CSV: &str =
     "SELECT customer_id, round(revenue, 2) AS revenue, orders_paid FROM customer_revenue ORDER BY customer_id";
 
 /// The tables as they are when every event is applied exactly once, without any crash:
 /// the same events through the same plugin, in process, one pass.
-fn truth(events: &[Event]) -> (String, String) {
+pub fn truth(events: &[Event]) -> (String, String) {
     let runtime = runtime();
     let catalog = Arc::new(Catalog::default());
     let engine = SqlEngine::new(catalog.clone(), QueryLimits::default()).unwrap();

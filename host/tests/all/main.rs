@@ -7,5 +7,6 @@ mod cli;
 mod golden;
 mod hostile;
 mod ingest;
+mod kafka;
 mod sql;
 mod support;

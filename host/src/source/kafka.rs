@@ -1,0 +1,426 @@
+//! Kafka / Redpanda as a [`Source`] and an [`EventSink`]: the only module that knows rdkafka
+//! exists.
+//!
+//! The consumer joins a group and subscribes to the plugins' topics. When the group assigns it
+//! partitions, each one starts where weir's own checkpoint says (the lowest position of the
+//! plugins that read it); a partition weir has never read starts at the group's committed offset,
+//! else at `start` (earliest or latest). After each checkpoint the checkpointed positions are
+//! committed to the group, so standard lag tools see them; when partitions are revoked, the
+//! checkpointed positions are committed before they are handed over.
+//!
+//! Messages map to events by the CloudEvents Kafka binding (`ce_id`, `ce_type`, `ce_source`,
+//! `ce_time`, `content-type`, plus `correlation_id` / `causation_id`); a message without `ce_type`
+//! is read as plain JSON whose `type_field` and `id_field` give the type and id.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::{EventSink, PartitionEnd, Result, Source, SourceError};
+use crate::event::{Event, Position, PositionMap};
+
+/// Where a partition weir has never read starts, when the group has no committed offset either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPosition {
+    /// The oldest event still held.
+    Earliest,
+    /// Only events written from now on.
+    Latest,
+}
+
+/// `[kafka]`: present means Kafka is the source (instead of the embedded log).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Consumer group.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Start of a partition without weir or group positions.
+    #[serde(default = "default_start")]
+    pub start: StartPosition,
+    /// Group session timeout; lower means faster rebalances after a member dies.
+    #[serde(default)]
+    pub session_timeout_ms: Option<u64>,
+    /// For plain JSON messages (no `ce_type` header): the payload field holding the event type.
+    #[serde(default = "default_type_field")]
+    pub type_field: String,
+    /// For plain JSON messages: the payload field holding the event id.
+    #[serde(default = "default_id_field")]
+    pub id_field: String,
+    /// Produce with the idempotent producer (no duplicates from producer retries).
+    #[serde(default = "default_true")]
+    pub idempotent_producer: bool,
+    /// Any other librdkafka setting, passed as is (security.protocol, sasl.*, ssl.*, ...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_group() -> String {
+    "weir".into()
+}
+fn default_start() -> StartPosition {
+    StartPosition::Earliest
+}
+fn default_type_field() -> String {
+    "type".into()
+}
+fn default_id_field() -> String {
+    "id".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+fn kafka_error(context: &str, e: KafkaError) -> SourceError {
+    SourceError::Kafka(format!("{context}: {e}"))
+}
+
+/// What the consumer's callbacks share with the source.
+#[derive(Default)]
+struct Shared {
+    /// Next offset per partition that weir has read before (from its checkpoint or this run).
+    known: PositionMap,
+    /// Positions in the latest durable checkpoint, safe to commit.
+    checkpointed: PositionMap,
+    /// The last client error, until a message arrives.
+    last_error: Option<String>,
+    /// Set by a rebalance; taken by the source.
+    rebalanced: bool,
+}
+
+struct GroupContext {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client error");
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.last_error = Some(format!("{error}: {reason}"));
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.rebalanced = true;
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions: Vec<(String, i32)> =
+                    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                for (topic, partition) in &partitions {
+                    if let Some(next) = shared.known.get(&(topic.clone(), *partition as u32)) {
+                        let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(*next as i64));
+                    }
+                }
+                tracing::info!(?partitions, "kafka: partitions assigned");
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "kafka: assigning partitions failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Hand the partitions over at the positions weir's checkpoint holds.
+                let mut commit = TopicPartitionList::new();
+                for element in tpl.elements() {
+                    let key = (element.topic().to_string(), element.partition() as u32);
+                    if let Some(next) = shared.checkpointed.get(&key) {
+                        let _ = commit.add_partition_offset(element.topic(), element.partition(), Offset::Offset(*next as i64));
+                    }
+                }
+                if commit.count() > 0
+                    && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
+                {
+                    tracing::warn!(error = %e, "kafka: committing positions of revoked partitions failed");
+                }
+                tracing::info!(partitions = tpl.count(), "kafka: partitions revoked");
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "kafka: unassigning partitions failed");
+                }
+            }
+            other => tracing::error!(error = ?other, "kafka: rebalance failed"),
+        }
+    }
+}
+
+/// A consumer-group member reading the plugins' topics.
+pub struct KafkaSource {
+    consumer: BaseConsumer<GroupContext>,
+    shared: Arc<Mutex<Shared>>,
+    config: KafkaConfig,
+    ends: Vec<PartitionEnd>,
+    ends_read: Option<Instant>,
+}
+
+impl KafkaSource {
+    /// Join the group and subscribe to `topics`. `known` holds the positions weir has
+    /// checkpointed (next offset per partition).
+    pub fn new(config: &KafkaConfig, topics: &[String], known: PositionMap) -> Result<Self> {
+        let shared = Arc::new(Mutex::new(Shared { checkpointed: known.clone(), known, ..Shared::default() }));
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set(
+                "auto.offset.reset",
+                match config.start {
+                    StartPosition::Earliest => "earliest",
+                    StartPosition::Latest => "latest",
+                },
+            );
+        if let Some(ms) = config.session_timeout_ms {
+            client.set("session.timeout.ms", ms.to_string());
+        }
+        for (key, value) in &config.properties {
+            client.set(key, value);
+        }
+        let consumer: BaseConsumer<GroupContext> = client
+            .create_with_context(GroupContext { shared: shared.clone() })
+            .map_err(|e| kafka_error("creating the consumer", e))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        if !names.is_empty() {
+            consumer.subscribe(&names).map_err(|e| kafka_error("subscribing", e))?;
+        }
+        Ok(KafkaSource { consumer, shared, config: config.clone(), ends: Vec::new(), ends_read: None })
+    }
+
+    fn to_event(&self, message: &BorrowedMessage<'_>) -> Event {
+        let position = Position {
+            topic: message.topic().to_string(),
+            partition: message.partition().max(0) as u32,
+            offset: message.offset().max(0) as u64,
+        };
+        let payload = message.payload().unwrap_or_default().to_vec();
+        let mut event = Event {
+            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            content_type: "application/json".into(),
+            time_us: match message.timestamp() {
+                Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => ms * 1000,
+                Timestamp::NotAvailable => 0,
+            },
+            ..Event::default()
+        };
+        if let Some(headers) = message.headers() {
+            for header in headers.iter() {
+                let value = header.value.unwrap_or_default();
+                let text = || String::from_utf8_lossy(value).into_owned();
+                match header.key {
+                    "ce_id" => event.id = text(),
+                    "ce_type" => event.event_type = text(),
+                    "ce_time" => {
+                        if let Ok(time) = chrono::DateTime::parse_from_rfc3339(&text()) {
+                            event.time_us = time.timestamp_micros();
+                        }
+                    }
+                    "content-type" | "ce_datacontenttype" => event.content_type = text(),
+                    "correlation_id" | "ce_correlationid" => event.correlation_id = Some(text()),
+                    "causation_id" | "ce_causationid" => event.causation_id = Some(text()),
+                    _ => event.headers.push((header.key.to_string(), value.to_vec())),
+                }
+            }
+        }
+        if event.event_type.is_empty() || event.id.is_empty() {
+            // Plain JSON: take the type and id from the payload's fields.
+            let json: Option<serde_json::Value> = serde_json::from_slice(&payload).ok();
+            let field = |name: &str| {
+                json.as_ref().and_then(|j| j.get(name)).and_then(|v| match v {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+            };
+            if event.event_type.is_empty() {
+                event.event_type = field(&self.config.type_field).unwrap_or_else(|| position.topic.clone());
+            }
+            if event.id.is_empty() {
+                event.id = field(&self.config.id_field)
+                    .unwrap_or_else(|| format!("{}-{}-{}", position.topic, position.partition, position.offset));
+            }
+        }
+        event.payload = payload;
+        event.position = position;
+        event
+    }
+}
+
+impl Source for KafkaSource {
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Event>> {
+        let mut events = Vec::new();
+        let deadline = Instant::now() + wait;
+        while events.len() < max {
+            let timeout = if events.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
+            match self.consumer.poll(timeout) {
+                Some(Ok(message)) => events.push(self.to_event(&message)),
+                Some(Err(e)) => {
+                    if events.is_empty() {
+                        return Err(kafka_error("consuming", e));
+                    }
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !events.is_empty() {
+            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            shared.last_error = None;
+            for event in &events {
+                let key = (event.position.topic.clone(), event.position.partition);
+                let next = shared.known.entry(key).or_insert(0);
+                *next = (*next).max(event.position.offset + 1);
+            }
+        }
+        Ok(events)
+    }
+
+    fn ends(&mut self) -> Vec<PartitionEnd> {
+        let rebalanced = std::mem::take(&mut self.shared.lock().unwrap_or_else(|e| e.into_inner()).rebalanced);
+        if !rebalanced && self.ends_read.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return self.ends.clone();
+        }
+        let mut ends = Vec::new();
+        for (topic, partition) in self.assignment() {
+            if let Ok((_, high)) = self.consumer.fetch_watermarks(&topic, partition as i32, Duration::from_millis(500)) {
+                ends.push(PartitionEnd { topic, partition, end: high.max(0) as u64 });
+            }
+        }
+        self.ends = ends;
+        self.ends_read = Some(Instant::now());
+        self.ends.clone()
+    }
+
+    fn checkpointed(&mut self, positions: &PositionMap) -> Result<()> {
+        let assigned = self.assignment();
+        let mut commit = TopicPartitionList::new();
+        for ((topic, partition), next) in positions {
+            if assigned.iter().any(|(t, p)| t == topic && p == partition) {
+                commit
+                    .add_partition_offset(topic, *partition as i32, Offset::Offset(*next as i64))
+                    .map_err(|e| kafka_error("committing", e))?;
+            }
+        }
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).checkpointed.clone_from(positions);
+        if commit.count() > 0 {
+            self.consumer.commit(&commit, CommitMode::Async).map_err(|e| kafka_error("committing", e))?;
+        }
+        Ok(())
+    }
+
+    fn assignment(&self) -> Vec<(String, u32)> {
+        self.consumer
+            .assignment()
+            .map(|tpl| tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition().max(0) as u32)).collect())
+            .unwrap_or_default()
+    }
+
+    fn describe(&self) -> String {
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut text = format!(
+            "kafka {} group {} ({} partitions assigned)",
+            self.config.brokers,
+            self.config.group_id,
+            self.assignment().len()
+        );
+        if let Some(error) = &shared.last_error {
+            text.push_str(&format!("; last error: {error}"));
+        }
+        text
+    }
+}
+
+/// Writes events to Kafka, one message per event in the CloudEvents binary binding.
+pub struct KafkaSink {
+    producer: FutureProducer,
+}
+
+impl KafkaSink {
+    /// A producer to the configured brokers.
+    pub fn new(config: &KafkaConfig) -> Result<Self> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("enable.idempotence", if config.idempotent_producer { "true" } else { "false" })
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000");
+        for (key, value) in &config.properties {
+            client.set(key, value);
+        }
+        let producer = client.create().map_err(|e| kafka_error("creating the producer", e))?;
+        Ok(KafkaSink { producer })
+    }
+}
+
+impl EventSink for KafkaSink {
+    fn append(&self, topic: &str, events: Vec<Event>) -> Result<Vec<Position>> {
+        let mut deliveries = Vec::with_capacity(events.len());
+        for event in &events {
+            let time = chrono::DateTime::from_timestamp_micros(if event.time_us == 0 {
+                chrono::Utc::now().timestamp_micros()
+            } else {
+                event.time_us
+            })
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+            let id = if event.id.is_empty() { uuid_like() } else { event.id.clone() };
+            let mut headers = OwnedHeaders::new()
+                .insert(Header { key: "ce_specversion", value: Some("1.0") })
+                .insert(Header { key: "ce_id", value: Some(id.as_str()) })
+                .insert(Header { key: "ce_type", value: Some(event.event_type.as_str()) })
+                .insert(Header { key: "ce_source", value: Some("weir") })
+                .insert(Header { key: "ce_time", value: Some(time.as_str()) })
+                .insert(Header { key: "content-type", value: Some(event.content_type.as_str()) });
+            if let Some(c) = &event.correlation_id {
+                headers = headers.insert(Header { key: "correlation_id", value: Some(c.as_str()) });
+            }
+            if let Some(c) = &event.causation_id {
+                headers = headers.insert(Header { key: "causation_id", value: Some(c.as_str()) });
+            }
+            for (name, value) in &event.headers {
+                headers = headers.insert(Header { key: name.as_str(), value: Some(value.as_slice()) });
+            }
+            let mut record = FutureRecord::to(topic).payload(&event.payload).headers(headers);
+            if let Some(key) = &event.key {
+                record = record.key(key.as_str());
+            }
+            let delivery = self.producer.send_result(record).map_err(|(e, _)| kafka_error("producing", e))?;
+            deliveries.push(delivery);
+        }
+        let mut positions = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match futures::executor::block_on(delivery) {
+                Ok(Ok(done)) => positions.push(Position {
+                    topic: topic.to_string(),
+                    partition: done.partition.max(0) as u32,
+                    offset: done.offset.max(0) as u64,
+                }),
+                Ok(Err((e, _))) => return Err(kafka_error("delivering", e)),
+                Err(_) => return Err(SourceError::Kafka("the producer was dropped before delivery".into())),
+            }
+        }
+        Ok(positions)
+    }
+}
+
+/// An id for an event produced without one: time and a process-wide counter.
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = chrono::Utc::now().timestamp_micros();
+    format!("weir-{now:x}-{:x}-{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}

@@ -1,0 +1,170 @@
+//! weir on a real Kafka-protocol broker (tansu, started per test on a free loopback port):
+//! events produced with rdkafka and CloudEvents headers, consumed by real `weir` processes.
+//!
+//! tansu's high watermark is the last batch's base offset + 1, so it under-reports the end of a
+//! partition written in multi-record batches; these tests therefore wait on the read models' own
+//! answers, never on reported lag.
+
+use std::ffi::OsStr;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use weir_host::event::Event;
+use weir_host::sample::OrderStream;
+
+use crate::ingest::{ORDERS_CSV, REVENUE_CSV, truth};
+use crate::support::{Tansu, WeirProcess, wasm};
+
+fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let results = runtime
+        .block_on(admin.create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new()))
+        .expect("create_topics");
+    for result in results {
+        result.unwrap_or_else(|(name, code)| panic!("creating topic {name}: {code}"));
+    }
+}
+
+/// Produce with the CloudEvents Kafka binding: key = aggregate id, ce_* headers, raw JSON payload.
+fn produce(brokers: &str, topic: &str, events: &[Event]) {
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "20").create().expect("producer");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for chunk in events.chunks(5_000) {
+        let mut deliveries = Vec::new();
+        for e in chunk {
+            let time = chrono::DateTime::from_timestamp_micros(e.time_us).unwrap().to_rfc3339();
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "ce_specversion", value: Some("1.0") })
+                .insert(Header { key: "ce_id", value: Some(e.id.as_str()) })
+                .insert(Header { key: "ce_type", value: Some(e.event_type.as_str()) })
+                .insert(Header { key: "ce_source", value: Some("weir-tests") })
+                .insert(Header { key: "ce_time", value: Some(time.as_str()) })
+                .insert(Header { key: "content-type", value: Some("application/json") });
+            let record = FutureRecord::to(topic)
+                .key(e.key.as_deref().unwrap_or_default())
+                .payload(&e.payload)
+                .headers(headers);
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueue"));
+        }
+        for d in deliveries {
+            runtime.block_on(d).expect("delivery").expect("delivered");
+        }
+    }
+}
+
+fn config(dir: &std::path::Path, brokers: &str, group: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[server]\nhttp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\ndata_dir = \"data\"\nbatch_size = 512\n\n[checkpoint]\ninterval_ms = 200\n\n\
+         [kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\nsession_timeout_ms = 6000\n\n[[plugin]]\npath = {:?}\n",
+        wasm("orders")
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn serve(config: &std::path::Path) -> WeirProcess {
+    WeirProcess::start(&[OsStr::new("serve"), OsStr::new("--config"), config.as_os_str()])
+}
+
+/// Poll until `check` holds; panics with the last value after `secs`.
+fn eventually<T: std::fmt::Debug>(secs: u64, mut probe: impl FnMut() -> T, check: impl Fn(&T) -> bool) -> T {
+    let started = Instant::now();
+    loop {
+        let value = probe();
+        if check(&value) {
+            return value;
+        }
+        assert!(started.elapsed() < Duration::from_secs(secs), "still not there after {secs} s: {value:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn events_read(weir: &WeirProcess) -> u64 {
+    weir.status()["events_read"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn cloudevents_from_kafka_reach_sql_exactly_once_across_kill_9_and_restart() {
+    let tansu = Tansu::start();
+    create_topic(&tansu.brokers, "orders", 3);
+    let events = OrderStream::take_events(21, 500, 100_000);
+    let (orders_truth, revenue_truth) = truth(&events);
+    produce(&tansu.brokers, "orders", &events[..60_000]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &tansu.brokers, "weir-test");
+    let weir = serve(&config);
+    // Pull the plug mid-stream, after checkpoints but before the end.
+    eventually(120, || events_read(&weir), |n| *n >= 25_000);
+    weir.kill9();
+
+    let weir = serve(&config);
+    produce(&tansu.brokers, "orders", &events[60_000..]);
+    eventually(180, || weir.sql_csv(REVENUE_CSV), |csv| *csv == revenue_truth);
+    assert_eq!(weir.sql_csv(ORDERS_CSV), orders_truth, "orders differ from a crash-free run");
+    let status = weir.status();
+    assert!(status["source"].as_str().unwrap().starts_with(&format!("kafka {} group weir-test", tansu.brokers)), "{status:#}");
+
+    // A clean stop checkpoints and commits to the group; a restart reads nothing again.
+    assert!(weir.terminate().success());
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &tansu.brokers)
+        .set("group.id", "weir-test")
+        .create()
+        .unwrap();
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        partitions.add_partition("orders", p);
+    }
+    let committed = consumer.committed_offsets(partitions, Duration::from_secs(10)).expect("committed offsets");
+    let total: i64 = committed.elements().iter().map(|e| e.offset().to_raw().unwrap_or(0)).sum();
+    assert_eq!(total, 100_000, "the group's committed offsets do not cover every event: {committed:?}");
+    drop(consumer);
+
+    let weir = serve(&config);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(events_read(&weir), 0, "a restart after a clean stop re-read events");
+    assert_eq!(weir.sql_csv(ORDERS_CSV), orders_truth);
+}
+
+#[test]
+fn two_processes_in_one_group_split_the_partitions_and_apply_each_event_once() {
+    let tansu = Tansu::start();
+    create_topic(&tansu.brokers, "orders", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let a = serve(&config(&dir.path().join("a"), &tansu.brokers, "pair"));
+    let b = serve(&config(&dir.path().join("b"), &tansu.brokers, "pair"));
+    let assigned = |w: &WeirProcess| {
+        let source = w.status()["source"].as_str().unwrap_or("").to_string();
+        source.split('(').nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0)
+    };
+    // Both members joined: the group's four partitions split between them.
+    eventually(60, || (assigned(&a), assigned(&b)), |(x, y)| *x > 0 && *y > 0 && x + y == 4);
+
+    let events = OrderStream::take_events(33, 400, 30_000);
+    let (orders_truth, _) = truth(&events);
+    produce(&tansu.brokers, "orders", &events);
+    let rows = |w: &WeirProcess| w.sql_csv("SELECT count(*) AS n FROM orders").lines().nth(1).unwrap().parse::<usize>().unwrap();
+    let expected = orders_truth.lines().count() - 1;
+    eventually(180, || (rows(&a), rows(&b)), |(x, y)| x + y >= expected);
+    // Every order is in exactly one of the two read models, exactly as a single process has it.
+    let mut union: Vec<String> = [&a, &b]
+        .iter()
+        .flat_map(|w| w.sql_csv(ORDERS_CSV).lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    union.sort();
+    let mut want: Vec<String> = orders_truth.lines().skip(1).map(str::to_string).collect();
+    want.sort();
+    assert_eq!(union.len(), want.len(), "orders applied twice or lost between the two members");
+    assert_eq!(union, want);
+}
