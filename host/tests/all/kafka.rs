@@ -168,3 +168,28 @@ fn two_processes_in_one_group_split_the_partitions_and_apply_each_event_once() {
     assert_eq!(union.len(), want.len(), "orders applied twice or lost between the two members");
     assert_eq!(union, want);
 }
+
+#[test]
+fn a_broker_missing_at_start_and_lost_mid_stream_costs_no_event() {
+    // weir starts first, pointed at a broker that is not there yet: it keeps retrying.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let brokers = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let weir = serve(&config(dir.path(), &brokers, "outage"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(events_read(&weir), 0);
+
+    let tansu = Tansu::start_on(port);
+    create_topic(&tansu.brokers, "orders", 2);
+    let events = OrderStream::take_events(44, 200, 40_000);
+    let (orders_truth, revenue_truth) = truth(&events);
+    produce(&tansu.brokers, "orders", &events[..20_000]);
+    eventually(120, || events_read(&weir), |n| *n >= 5_000);
+    // The broker goes silent mid-stream for longer than the session timeout, then comes back.
+    tansu.signal("-STOP");
+    std::thread::sleep(Duration::from_secs(8));
+    tansu.signal("-CONT");
+    produce(&tansu.brokers, "orders", &events[20_000..]);
+    eventually(180, || weir.sql_csv(REVENUE_CSV), |csv| *csv == revenue_truth);
+    assert_eq!(weir.sql_csv(ORDERS_CSV), orders_truth, "orders differ after the broker outage");
+}

