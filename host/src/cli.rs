@@ -299,7 +299,7 @@ fn run_status(url: &str, json: bool) -> anyhow::Result<()> {
                 .map(|p| {
                     vec![
                         format!("{}@{}", p["name"].as_str().unwrap_or("?"), p["version"].as_str().unwrap_or("?")),
-                        p["world"].as_str().unwrap_or("?").to_string(),
+                        p["kind"]["world"].as_str().unwrap_or("?").to_string(),
                         p["events_ok"].to_string(),
                         p["events_failed"].to_string(),
                     ]

@@ -94,7 +94,7 @@ impl Host {
             }
         };
 
-        let status: StatusBoard = Arc::new(RwLock::new(Status::default()));
+        let status: StatusBoard = Arc::new(RwLock::new(Status { plugins: pipeline.statuses(), ..Status::default() }));
         let settings = IngestSettings {
             batch_size: config.server.batch_size,
             publish_interval: Duration::from_millis(config.server.publish_interval_ms.max(1)),

@@ -193,6 +193,8 @@ fn produce_status_and_bad_input_over_http_and_the_cli() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("source: embedded log") && text.contains("| orders/0 "), "{text}");
+    assert!(text.contains(" orders@0.1.0            | projection |"), "{text}");
+    assert!(text.contains(" high-value-orders@0.1.0 | handler    |"), "{text}");
 
     // The handler's events went to their topic in the log.
     let (code, body) = weir.get("/v1/tables");
