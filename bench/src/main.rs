@@ -39,6 +39,9 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
+    /// Run only these scenarios (comma-separated: wasm_vs_native, kafka, readmodel, log, e2e).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 /// Median and spread of repeated measurements of a rate.
@@ -575,11 +578,24 @@ fn main() -> anyhow::Result<()> {
     let machine = machine();
     eprintln!("weir-bench on {} cores, {} ({} build)", machine.cores, machine.cpu, machine.profile);
 
-    let mut comparisons = vec![wasm_vs_native(events, repeats, args.batch)?];
-    comparisons.extend(kafka_vs_raw(events, repeats)?);
-    let mut figures = readmodel(events as u64, repeats)?;
-    figures.extend(embedded_log(events, repeats)?);
-    figures.push(end_to_end_embedded(events, repeats)?);
+    let run = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let mut comparisons = Vec::new();
+    if run("wasm_vs_native") {
+        comparisons.push(wasm_vs_native(events, repeats, args.batch)?);
+    }
+    if run("kafka") {
+        comparisons.extend(kafka_vs_raw(events, repeats)?);
+    }
+    let mut figures = Vec::new();
+    if run("readmodel") {
+        figures.extend(readmodel(events as u64, repeats)?);
+    }
+    if run("log") {
+        figures.extend(embedded_log(events, repeats)?);
+    }
+    if run("e2e") {
+        figures.push(end_to_end_embedded(events, repeats)?);
+    }
 
     println!("\n{:<16} {:<10} {:>34} {:>34} {:>7} {:>6}", "scenario", "unit", "weir (median, min–max)", "baseline (median, min–max)", "ratio", "goal");
     for c in &comparisons {

@@ -199,6 +199,15 @@ struct PartitionLog {
     buf: Vec<u8>,
 }
 
+/// A batch written to a partition's file but not yet visible.
+struct Pending {
+    first: u64,
+    count: u64,
+    start_len: u64,
+    bytes: u64,
+    new_index: Vec<(u64, u64)>,
+}
+
 struct Segment {
     base: u64,
     path: PathBuf,
@@ -306,12 +315,13 @@ impl EmbeddedLog {
             };
             groups.entry(partition).or_default().push((index, event));
         }
-        let mut positions = vec![Position::default(); groups.values().map(Vec::len).sum()];
-        for (partition, group) in groups {
-            let first = topic.partitions[partition as usize].append(&group, &self.config)?;
+        let total = groups.values().map(Vec::len).sum();
+        let firsts = self.write_groups(&topic, &groups)?;
+        let mut positions = vec![Position::default(); total];
+        for ((partition, group), first) in groups.iter().zip(firsts) {
             for (i, (index, _)) in group.iter().enumerate() {
                 positions[*index] =
-                    Position { topic: topic_name.to_string(), partition, offset: first + i as u64 };
+                    Position { topic: topic_name.to_string(), partition: *partition, offset: first + i as u64 };
             }
         }
         *self.appends.lock().unwrap_or_else(|e| e.into_inner()) += 1;
@@ -319,19 +329,62 @@ impl EmbeddedLog {
         Ok(positions)
     }
 
-    /// Append to one partition, ignoring keys.
-    pub fn append_to(&self, topic_name: &str, partition: u32, events: &[Event]) -> Result<u64> {
-        let topic = self.topic_or_create(topic_name)?;
-        let target = topic.partitions.get(partition as usize).ok_or(LogError::UnknownPartition {
-            topic: topic_name.to_string(),
-            partition,
-            partitions: topic.partitions.len() as u32,
-        })?;
-        let group: Vec<(usize, Event)> = events.iter().cloned().enumerate().collect();
-        let first = target.append(&group, &self.config)?;
-        *self.appends.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.appended.notify_all();
-        Ok(first)
+    /// Write every group to its partition, all or nothing: check sizes, lock the partitions in
+    /// order, write each, sync them together (in parallel), then make them visible. Returns each
+    /// group's first offset.
+    fn write_groups(&self, topic: &Topic, groups: &BTreeMap<u32, Vec<(usize, Event)>>) -> Result<Vec<u64>> {
+        for group in groups.values() {
+            for (index, event) in group {
+                let bytes = encoded_len(event);
+                if bytes > MAX_RECORD_BYTES {
+                    return Err(LogError::RecordTooLarge { index: *index, bytes, limit: MAX_RECORD_BYTES });
+                }
+            }
+        }
+        let mut locked = Vec::with_capacity(groups.len());
+        for (partition, group) in groups {
+            let target = &topic.partitions[*partition as usize];
+            locked.push((target, target.inner.lock().unwrap_or_else(|e| e.into_inner()), group));
+        }
+        let mut pending = Vec::with_capacity(locked.len());
+        for (target, log, group) in &mut locked {
+            match target.write(log, group, &self.config) {
+                Ok(p) => pending.push(p),
+                Err(e) => {
+                    for ((_, log, _), p) in locked.iter_mut().zip(&pending) {
+                        Partition::undo(log, p);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if self.config.fsync == FsyncPolicy::Always {
+            let synced: Vec<std::io::Result<()>> = if locked.len() == 1 {
+                vec![locked[0].1.writer.sync_data()]
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> =
+                        locked.iter().map(|(_, log, _)| scope.spawn(|| log.writer.sync_data())).collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("sync thread panicked"))))
+                        .collect()
+                })
+            };
+            if let Some(position) = synced.iter().position(Result::is_err) {
+                let path = locked[position].1.segments.last().map(|s| s.path.clone()).unwrap_or_default();
+                let source = synced.into_iter().nth(position).and_then(Result::err).unwrap_or_else(|| std::io::Error::other("sync failed"));
+                for ((_, log, _), p) in locked.iter_mut().zip(&pending) {
+                    Partition::undo(log, p);
+                }
+                return Err(LogError::Io { path, source });
+            }
+        }
+        let firsts = pending.iter().map(|p| p.first).collect();
+        for ((_, log, _), p) in locked.iter_mut().zip(pending) {
+            Partition::publish(log, p);
+        }
+        Ok(firsts)
     }
 
     /// Read events of one partition from `offset`, up to about `max_bytes` (at least one event
@@ -465,50 +518,53 @@ impl Partition {
         PartitionRange { partition: self.id, start: inner.segments[0].base, end: inner.next_offset }
     }
 
-    fn append(&self, events: &[(usize, Event)], config: &LogConfig) -> Result<u64> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let log = &mut *inner;
+    /// Encode and write `events` after the partition's end, under the caller's lock, without
+    /// syncing or making them visible: [`Partition::publish`] or [`Partition::undo`] follows.
+    fn write(&self, log: &mut PartitionLog, events: &[(usize, Event)], config: &LogConfig) -> Result<Pending> {
         if log.segments.last().is_some_and(|s| s.len >= config.segment_bytes) {
             self.roll(log, config)?;
         }
         let first = log.next_offset;
         let now_us = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
         log.buf.clear();
-        let Some(segment) = log.segments.last_mut() else {
+        let Some(segment) = log.segments.last() else {
             return Err(LogError::Corrupt { path: self.dir.clone(), byte: 0, reason: "no segment".into() });
         };
         let start_len = segment.len;
         let mut new_index = Vec::new();
         let mut last_indexed = segment.index.last().map_or(0, |(_, b)| *b);
-        for (i, (index, event)) in events.iter().enumerate() {
+        for (i, (_, event)) in events.iter().enumerate() {
             let offset = first + i as u64;
             let byte = start_len + log.buf.len() as u64;
             if byte >= last_indexed + INDEX_INTERVAL {
                 new_index.push((offset, byte));
                 last_indexed = byte;
             }
-            let frame_start = log.buf.len();
             encode_frame(&mut log.buf, event, offset, now_us, &self.topic, self.id);
-            let bytes = log.buf.len() - frame_start - FRAME_HEADER;
-            if bytes > MAX_RECORD_BYTES {
-                return Err(LogError::RecordTooLarge { index: *index, bytes, limit: MAX_RECORD_BYTES });
-            }
         }
-        let written = log.writer.write_all(&log.buf).and_then(|()| {
-            if config.fsync == FsyncPolicy::Always { log.writer.sync_data() } else { Ok(()) }
-        });
-        if let Err(source) = written {
-            // Leave the partition as it was: cut off whatever part of the batch reached the file.
+        if let Err(source) = log.writer.write_all(&log.buf) {
             let _ = log.writer.set_len(start_len);
             return Err(LogError::Io { path: segment.path.clone(), source });
         }
-        segment.len += log.buf.len() as u64;
-        segment.index.extend(new_index);
-        log.next_offset += events.len() as u64;
+        let pending = Pending { first, count: events.len() as u64, start_len, bytes: log.buf.len() as u64, new_index };
         if log.buf.capacity() > 4 * MAX_RECORD_BYTES {
             log.buf = Vec::new();
         }
-        Ok(first)
+        Ok(pending)
+    }
+
+    /// Cut a written but unpublished batch back off.
+    fn undo(log: &mut PartitionLog, pending: &Pending) {
+        let _ = log.writer.set_len(pending.start_len);
+    }
+
+    /// Make a written (and synced) batch visible to readers.
+    fn publish(log: &mut PartitionLog, pending: Pending) {
+        if let Some(segment) = log.segments.last_mut() {
+            segment.len += pending.bytes;
+            segment.index.extend(pending.new_index);
+        }
+        log.next_offset += pending.count;
     }
 
     /// Close the active segment and start a new one; then apply retention.
@@ -725,6 +781,20 @@ fn encode_frame(buf: &mut Vec<u8>, event: &Event, offset: u64, now_us: i64, topi
     let crc = crc32fast::hash(&buf[start + FRAME_HEADER..]);
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The body length [`encode_frame`] will produce (the id is at most `topic-partition-offset`
+/// when generated, counted generously).
+fn encoded_len(event: &Event) -> usize {
+    let opt = |o: &Option<String>| 4 + o.as_ref().map_or(0, String::len);
+    let id = if event.id.is_empty() { 64 } else { event.id.len() };
+    16 + 4 + id + 4 + event.event_type.len() + opt(&event.key) + 4 + event.content_type.len()
+        + opt(&event.correlation_id)
+        + opt(&event.causation_id)
+        + 4
+        + event.headers.iter().map(|(n, v)| 8 + n.len() + v.len()).sum::<usize>()
+        + 4
+        + event.payload.len()
 }
 
 fn body_offset(body: &[u8]) -> Option<u64> {
@@ -954,5 +1024,19 @@ mod tests {
         assert!(err.contains("event 1 of the batch"), "{err}");
         assert_eq!(log.ranges("t").unwrap()[0].end, 0);
         assert!(read_all(&log, "t", 0).is_empty());
+        // Across partitions too: a refused event in one partition writes nothing to the others.
+        let wide = EmbeddedLog::open(&dir.path().join("wide"), config(4)).unwrap();
+        let mut batch: Vec<Event> = (0..50).map(|i| event(i, Some(&format!("k{i}")))).collect();
+        batch[49].payload = vec![b'x'; MAX_RECORD_BYTES + 1];
+        assert!(wide.append("w", batch).is_err());
+        assert!(wide.ranges("w").unwrap().iter().all(|r| r.end == 0));
+    }
+
+    #[test]
+    fn the_size_check_matches_the_encoding() {
+        let mut buf = Vec::new();
+        let e = event(7, Some("key"));
+        encode_frame(&mut buf, &e, 0, 0, "t", 0);
+        assert_eq!(buf.len() - FRAME_HEADER, encoded_len(&e));
     }
 }
