@@ -282,15 +282,20 @@ fn run_status(url: &str, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let status: serde_json::Value = serde_json::from_slice(&bytes)?;
-    println!("source: {}", status["source"].as_str().unwrap_or("?"));
+    // A closed stdout (`weir status | head`) is not an error.
+    let say = |line: String| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{line}");
+    };
+    say(format!("source: {}", status["source"].as_str().unwrap_or("?")));
     if let Some(error) = status["source_error"].as_str() {
-        println!("source error: {error}");
+        say(format!("source error: {error}"));
     }
-    println!("events read: {}", status["events_read"]);
+    say(format!("events read: {}", status["events_read"]));
     if let Some(c) = status["checkpoint"].as_object() {
-        println!("last checkpoint: #{} ({} rows, {} bytes, written in {} ms)", c["seq"], c["rows"], c["bytes"], c["write_ms"]);
+        say(format!("last checkpoint: #{} ({} rows, {} bytes, written in {} ms)", c["seq"], c["rows"], c["bytes"], c["write_ms"]));
     } else {
-        println!("last checkpoint: none yet");
+        say("last checkpoint: none yet".to_string());
     }
     let plugins: Vec<Vec<String>> = status["plugins"]
         .as_array()
@@ -373,7 +378,12 @@ fn run_sql(sql: &str, url: &str, format: Format) -> anyhow::Result<()> {
         anyhow::bail!("{}", error_message(&bytes));
     }
     match format {
-        Format::Table => println!("{}", weir_host::query::to_table(&weir_host::query::from_arrow_ipc(&bytes)?)?),
+        Format::Table => {
+            use std::io::Write;
+            let table = weir_host::query::to_table(&weir_host::query::from_arrow_ipc(&bytes)?)?;
+            // A closed stdout (`| head`) is not an error.
+            let _ = writeln!(std::io::stdout(), "{table}");
+        }
         Format::Json | Format::Csv => {
             use std::io::Write;
             std::io::stdout().write_all(&bytes)?;

@@ -46,25 +46,25 @@ pub fn bad_events(next_offset: u64) -> Vec<Event> {
     ]
 }
 
-/// Print `rows` under `header` as an aligned table.
+/// Print `rows` under `header` as an aligned table. A closed stdout (`| head`) is not an error.
 pub fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
-    println!("\n{title}");
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let line = |cells: &[String]| {
         let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!(" {c:<w$} ")).collect();
-        println!("{}", padded.join("|").trim_end());
+        padded.join("|").trim_end().to_string()
     };
-    line(header.iter().map(|h| h.to_string()).collect());
-    println!("{}", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+"));
-    for row in rows {
-        line(row.clone());
-    }
-    println!("({} rows)", rows.len());
+    let mut lines = vec![String::new(), title.to_string()];
+    lines.push(line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>()));
+    lines.push(widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+"));
+    lines.extend(rows.iter().map(|row| line(row)));
+    lines.push(format!("({} rows)\n", rows.len()));
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(lines.join("\n").as_bytes());
 }
 
 /// The questions the demo asks of the orders read model.
