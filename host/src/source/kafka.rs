@@ -279,10 +279,18 @@ impl Source for KafkaSource {
         if !events.is_empty() {
             let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             shared.last_error = None;
+            // One map update per partition seen, not per event.
+            let mut highest: Vec<(&str, u32, u64)> = Vec::new();
             for event in &events {
-                let key = (event.position.topic.clone(), event.position.partition);
-                let next = shared.known.entry(key).or_insert(0);
-                *next = (*next).max(event.position.offset + 1);
+                let p = &event.position;
+                match highest.iter_mut().find(|(t, n, _)| *n == p.partition && *t == p.topic) {
+                    Some(entry) => entry.2 = entry.2.max(p.offset + 1),
+                    None => highest.push((p.topic.as_str(), p.partition, p.offset + 1)),
+                }
+            }
+            for (topic, partition, end) in highest {
+                let next = shared.known.entry((topic.to_string(), partition)).or_insert(0);
+                *next = (*next).max(end);
             }
         }
         Ok(events)
