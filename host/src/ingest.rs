@@ -5,6 +5,8 @@
 //! **Architecture Invariant:** a checkpoint is taken only between batches and only when every
 //! event handlers emitted so far has been written, so a restart from it neither loses nor
 //! re-applies an event, and never loses an emitted one.
+//! **Architecture Invariant:** partitions a rebalance revokes are handed over only after a
+//! checkpoint holding every event processed from them, at that checkpoint's positions.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -16,6 +18,10 @@ use crate::checkpoint::{CheckpointConfig, CheckpointStore, WriteStats};
 use crate::event::{Event, PositionMap};
 use crate::pipeline::Pipeline;
 use crate::source::{EventSink, Source};
+
+/// Longest a hand-over waits for emitted events to be written before giving partitions away at
+/// the previous checkpoint.
+const HANDOVER_WAIT: Duration = Duration::from_secs(30);
 
 /// How the loop paces itself.
 #[derive(Debug, Clone)]
@@ -161,6 +167,12 @@ impl Ingest {
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
+            if self.source.revoking() {
+                // A rebalance takes partitions away: checkpoint the work done on them first.
+                self.hand_over(&mut pending, &mut writing, stop);
+                changed_since_checkpoint = false;
+                last_checkpoint = Instant::now();
+            }
             if dirty && last_publish.elapsed() >= self.settings.publish_interval {
                 if let Err(e) = self.pipeline.publish() {
                     tracing::error!(error = %e, "publishing snapshots failed");
@@ -228,6 +240,53 @@ impl Ingest {
         let _ = self.pipeline.publish();
         self.report(events_read, &pending, source_error);
         self.pipeline
+    }
+
+    /// Hand revoked partitions over: write the emitted events on hand, let a running checkpoint
+    /// finish, write one more holding every event processed so far, and give the partitions
+    /// away at its positions. If that checkpoint cannot be written (the sink is down for
+    /// [`HANDOVER_WAIT`], or the write fails) they go at the previous checkpoint's positions and
+    /// the next owner re-applies what came after it.
+    fn hand_over(&mut self, pending: &mut Vec<Event>, writing: &mut Option<Writing>, stop: &AtomicBool) {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        while !pending.is_empty() && started.elapsed() < HANDOVER_WAIT && !stop.load(Ordering::Relaxed) {
+            *pending = self.write_emitted(std::mem::take(pending));
+            if !pending.is_empty() {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+        if let Some(w) = writing.take()
+            && let Ok(result) = w.done.recv()
+        {
+            self.finish_checkpoint(result, &w.positions);
+        }
+        let mut positions = None;
+        if pending.is_empty() {
+            match self.start_checkpoint() {
+                Ok(w) => match w.done.recv() {
+                    Ok(result) => {
+                        let written = result.is_ok();
+                        self.finish_checkpoint(result, &w.positions);
+                        if written {
+                            positions = Some(w.positions);
+                        }
+                    }
+                    Err(_) => tracing::error!("the checkpoint thread stopped before handing partitions over"),
+                },
+                Err(e) => tracing::error!(error = %e, "checkpoint before handing partitions over failed"),
+            }
+        } else {
+            tracing::error!(
+                pending = pending.len(),
+                "emitted events could not be written; revoked partitions go at the last checkpoint"
+            );
+        }
+        if let Err(e) = self.source.hand_over(positions.as_ref()) {
+            tracing::error!(error = %e, "handing partitions over failed");
+        }
+        tracing::info!(ms = started.elapsed().as_millis() as u64, checkpointed = positions.is_some(), "partitions handed over");
     }
 
     /// Write handlers' events, grouped by topic; returns those not written.

@@ -2,11 +2,17 @@
 //! exists.
 //!
 //! The consumer joins a group and subscribes to the plugins' topics. When the group assigns it
-//! partitions, each one starts where weir's own checkpoint says (the lowest position of the
-//! plugins that read it); a partition weir has never read starts at the group's committed offset,
-//! else at `start` (earliest or latest). After each checkpoint the checkpointed positions are
-//! committed to the group, so standard lag tools see them; when partitions are revoked, the
-//! checkpointed positions are committed before they are handed over.
+//! partitions, each one starts at the later of weir's own checkpointed position (the lowest of
+//! the plugins that read it) and the group's committed offset — later, because another member may
+//! have read on since this one last held the partition; a partition nobody has read starts at
+//! `start` (earliest or latest). After each checkpoint the checkpointed positions are committed
+//! to the group, so standard lag tools see them.
+//!
+//! Revocation is a hand-over: the rebalance callback only records which partitions go (and polls
+//! stop returning events); the ingest loop finishes the batch on hand, writes a checkpoint, and
+//! calls [`Source::hand_over`], which commits that checkpoint's positions synchronously and only
+//! then unassigns. librdkafka lets the group wait for that unassign (within the poll interval), so
+//! the next owner starts exactly where this one stopped: no event is applied by both.
 //!
 //! Messages map to events by the CloudEvents Kafka binding (`ce_id`, `ce_type`, `ce_source`,
 //! `ce_time`, `content-type`, plus `correlation_id` / `causation_id`); a message without `ce_type`
@@ -17,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -99,6 +105,51 @@ struct Shared {
     last_error: Option<String>,
     /// Set by a rebalance; taken by the source.
     rebalanced: bool,
+    /// Partitions revoked by the group and not yet handed over.
+    revoking: Option<Vec<(String, i32)>>,
+    /// The consumer is closing: revocations are handed over at once (the final checkpoint is
+    /// already written).
+    closing: bool,
+}
+
+impl Shared {
+    /// Commit the checkpointed positions of `partitions` synchronously (or `positions` if given).
+    fn commit_handover<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        partitions: &[(String, i32)],
+        positions: Option<&PositionMap>,
+    ) {
+        let positions = positions.unwrap_or(&self.checkpointed);
+        let mut commit = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            if let Some(next) = positions.get(&(topic.clone(), *partition as u32)) {
+                let _ = commit.add_partition_offset(topic, *partition, Offset::Offset(*next as i64));
+            }
+        }
+        if commit.count() > 0
+            && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, "kafka: committing the positions of revoked partitions failed");
+        }
+    }
+}
+
+/// Give `partitions` back to the group (after their positions are committed).
+fn unassign<C: ConsumerContext>(consumer: &BaseConsumer<C>, partitions: &[(String, i32)]) {
+    let result = match consumer.rebalance_protocol() {
+        RebalanceProtocol::Cooperative => {
+            let mut list = TopicPartitionList::new();
+            for (topic, partition) in partitions {
+                list.add_partition(topic, *partition);
+            }
+            consumer.incremental_unassign(&list)
+        }
+        _ => consumer.unassign(),
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "kafka: unassigning partitions failed");
+    }
 }
 
 struct GroupContext {
@@ -122,33 +173,45 @@ impl ConsumerContext for GroupContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions: Vec<(String, i32)> =
                     tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                // Another member may have read on since this one last held a partition: start at
+                // the later of weir's own position and the group's committed offset.
+                let committed = consumer.committed_offsets(tpl.clone(), Duration::from_secs(5)).ok();
+                let committed_at = |topic: &str, partition: i32| {
+                    committed
+                        .as_ref()
+                        .and_then(|c| c.find_partition(topic, partition))
+                        .and_then(|e| e.offset().to_raw())
+                        .filter(|o| *o >= 0)
+                        .map(|o| o as u64)
+                };
+                let mut starts = Vec::new();
                 for (topic, partition) in &partitions {
-                    if let Some(next) = shared.known.get(&(topic.clone(), *partition as u32)) {
-                        let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(*next as i64));
+                    let own = shared.known.get(&(topic.clone(), *partition as u32)).copied();
+                    if let Some(own) = own {
+                        let next = own.max(committed_at(topic, *partition).unwrap_or(0));
+                        let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(next as i64));
+                        starts.push((topic.clone(), *partition, next));
                     }
                 }
-                tracing::info!(?partitions, "kafka: partitions assigned");
-                if let Err(e) = consumer.assign(tpl) {
+                tracing::info!(?partitions, ?starts, "kafka: partitions assigned");
+                let result = match consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+                    _ => consumer.assign(tpl),
+                };
+                if let Err(e) = result {
                     tracing::error!(error = %e, "kafka: assigning partitions failed");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // Hand the partitions over at the positions weir's checkpoint holds.
-                let mut commit = TopicPartitionList::new();
-                for element in tpl.elements() {
-                    let key = (element.topic().to_string(), element.partition() as u32);
-                    if let Some(next) = shared.checkpointed.get(&key) {
-                        let _ = commit.add_partition_offset(element.topic(), element.partition(), Offset::Offset(*next as i64));
-                    }
-                }
-                if commit.count() > 0
-                    && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
-                {
-                    tracing::warn!(error = %e, "kafka: committing positions of revoked partitions failed");
-                }
-                tracing::info!(partitions = tpl.count(), "kafka: partitions revoked");
-                if let Err(e) = consumer.unassign() {
-                    tracing::error!(error = %e, "kafka: unassigning partitions failed");
+                let partitions: Vec<(String, i32)> =
+                    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                tracing::info!(?partitions, "kafka: partitions revoked");
+                if shared.closing {
+                    shared.commit_handover(consumer, &partitions, None);
+                    unassign(consumer, &partitions);
+                } else {
+                    // Handed over by the ingest loop once its work on them is checkpointed.
+                    shared.revoking.get_or_insert_with(Vec::new).extend(partitions);
                 }
             }
             other => tracing::error!(error = ?other, "kafka: rebalance failed"),
@@ -262,10 +325,18 @@ impl KafkaSource {
 impl Source for KafkaSource {
     fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Event>> {
         let mut events = Vec::new();
+        if self.revoking() {
+            return Ok(events);
+        }
         let deadline = Instant::now() + wait;
         while events.len() < max {
             let timeout = if events.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
-            match self.consumer.poll(timeout) {
+            let polled = self.consumer.poll(timeout);
+            if polled.is_none() && self.revoking() {
+                // A rebalance revoked partitions: stop here so the caller can hand them over.
+                break;
+            }
+            match polled {
                 Some(Ok(message)) => events.push(self.to_event(&message)),
                 Some(Err(e)) => {
                     if events.is_empty() {
@@ -336,6 +407,23 @@ impl Source for KafkaSource {
             .unwrap_or_default()
     }
 
+    fn revoking(&self) -> bool {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).revoking.is_some()
+    }
+
+    fn hand_over(&mut self, positions: Option<&PositionMap>) -> Result<()> {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(partitions) = shared.revoking.take() {
+            shared.commit_handover(&self.consumer, &partitions, positions);
+            if let Some(positions) = positions {
+                shared.checkpointed.clone_from(positions);
+            }
+            unassign(&self.consumer, &partitions);
+            tracing::info!(?partitions, "kafka: revoked partitions handed over");
+        }
+        Ok(())
+    }
+
     fn describe(&self) -> String {
         let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         let mut text = format!(
@@ -348,6 +436,18 @@ impl Source for KafkaSource {
             text.push_str(&format!("; last error: {error}"));
         }
         text
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Closing the consumer revokes everything; hand over at once, at the last checkpoint.
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.closing = true;
+        if let Some(partitions) = shared.revoking.take() {
+            shared.commit_handover(&self.consumer, &partitions, None);
+            unassign(&self.consumer, &partitions);
+        }
     }
 }
 

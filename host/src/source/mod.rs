@@ -55,6 +55,17 @@ pub trait Source: Send {
     fn assignment(&self) -> Vec<(String, u32)>;
     /// One line for status: what this source is connected to, and its state.
     fn describe(&self) -> String;
+    /// Whether the source must give partitions away (a consumer-group rebalance revoked them).
+    /// The caller then finishes the events on hand, writes a checkpoint, and calls
+    /// [`Source::hand_over`]; no event of a revoked partition is returned in between.
+    fn revoking(&self) -> bool {
+        false
+    }
+    /// Give the revoked partitions away at `positions` (the checkpoint just written; `None` when
+    /// it could not be written, so the last durable one counts).
+    fn hand_over(&mut self, _positions: Option<&PositionMap>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Where produced and emitted events are written.

@@ -169,6 +169,54 @@ fn two_processes_in_one_group_split_the_partitions_and_apply_each_event_once() {
     assert_eq!(union, want);
 }
 
+/// Events the orders plugin processed (successfully or not) in one process.
+fn events_processed(weir: &WeirProcess) -> u64 {
+    let status = weir.status();
+    status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "orders")
+        .map(|p| p["events_ok"].as_u64().unwrap() + p["events_failed"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_member_joining_mid_stream_gets_partitions_only_after_the_first_checkpointed_them() {
+    let tansu = Tansu::start();
+    create_topic(&tansu.brokers, "orders", 4);
+    let events = OrderStream::take_events(66, 500, 80_000);
+    let dir = tempfile::tempdir().unwrap();
+    // Checkpoints far apart: only the hand-over's own checkpoint can make the positions exact.
+    let slow_checkpoints = |name: &str| {
+        let path = config(&dir.path().join(name), &tansu.brokers, "handover");
+        let text = std::fs::read_to_string(&path).unwrap().replace("interval_ms = 200", "interval_ms = 60000");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let a = serve(&slow_checkpoints("a"));
+    produce(&tansu.brokers, "orders", &events[..20_000]);
+    eventually(120, || events_processed(&a), |n| *n >= 5_000);
+
+    // Events keep flowing while a second member joins and the group rebalances: whatever `a`
+    // processed from a partition before giving it away must not be processed again by `b`.
+    let brokers = tansu.brokers.clone();
+    let rest = events[20_000..].to_vec();
+    let producer = std::thread::spawn(move || {
+        for chunk in rest.chunks(2_000) {
+            produce(&brokers, "orders", chunk);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let b = serve(&slow_checkpoints("b"));
+    producer.join().unwrap();
+    let total = eventually(180, || events_processed(&a) + events_processed(&b), |n| *n >= 80_000);
+    std::thread::sleep(Duration::from_secs(3));
+    let (from_a, from_b) = (events_processed(&a), events_processed(&b));
+    assert!(from_b > 0, "the second member never got a partition (a: {from_a})");
+    assert_eq!(from_a + from_b, 80_000, "events processed twice across the hand-over (a: {from_a}, b: {from_b}, first seen {total})");
+}
+
 #[test]
 fn a_broker_missing_at_start_and_lost_mid_stream_costs_no_event() {
     // weir starts first, pointed at a broker that is not there yet: it keeps retrying.
