@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::checkpoint::CheckpointConfig;
+use crate::event::StartAt;
 use crate::log::LogConfig;
 use crate::plugin::Limits;
 use crate::source::kafka::KafkaConfig;
@@ -117,6 +118,10 @@ pub struct PluginConfig {
     /// Parameters the plugin reads with `param(name)`.
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// Where the plugin starts when it has no checkpoint of its own: `"earliest"` (default),
+    /// `"latest"`, or an RFC 3339 time.
+    #[serde(default)]
+    pub start: StartAt,
 }
 
 impl Config {
@@ -185,6 +190,16 @@ mod tests {
         let err = Config::parse(Path::new("weir.toml"), "[server]\nhttp = \"127.0.0.1:1\"\nhtpp = 3\n").unwrap_err();
         let text = err.to_string();
         assert!(text.starts_with("weir.toml:3:1: unknown field `htpp`"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_plugin_start_names_line_and_value() {
+        let text = "[[plugin]]\npath = \"a.wasm\"\nstart = \"2026-11-01T00:00:00Z\"\n\n[[plugin]]\npath = \"b.wasm\"\nstart = \"soon\"\n";
+        let err = Config::parse(Path::new("weir.toml"), text).unwrap_err().to_string();
+        assert!(err.starts_with("weir.toml:7:9: start \"soon\" is not \"earliest\", \"latest\" or an RFC 3339 time"), "{err}");
+        let ok = Config::parse(Path::new("weir.toml"), &text.replace("soon", "latest")).unwrap();
+        assert_eq!(ok.plugins[0].start, StartAt::Time(1_793_491_200_000_000));
+        assert_eq!(ok.plugins[1].start, StartAt::Latest);
     }
 
     #[test]

@@ -6,6 +6,54 @@ use std::fmt;
 /// Per (topic, partition), the next offset to process: every event before it is done.
 pub type PositionMap = BTreeMap<(String, u32), u64>;
 
+/// Where a plugin starts reading a topic when it has no checkpoint of its own (first start, or
+/// its component or parameters changed): `"earliest"`, `"latest"`, or an RFC 3339 time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// The oldest event still held.
+    #[default]
+    Earliest,
+    /// Only events written after the plugin first started.
+    Latest,
+    /// The first event of each partition whose time is at or after this instant (microseconds
+    /// since the Unix epoch): the record timestamp on Kafka, the event time in the embedded log.
+    Time(i64),
+}
+
+impl std::str::FromStr for StartAt {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "earliest" => Ok(StartAt::Earliest),
+            "latest" => Ok(StartAt::Latest),
+            other => chrono::DateTime::parse_from_rfc3339(other).map(|t| StartAt::Time(t.timestamp_micros())).map_err(|e| {
+                format!("start {other:?} is not \"earliest\", \"latest\" or an RFC 3339 time like 2026-11-01T00:00:00Z ({e})")
+            }),
+        }
+    }
+}
+
+impl fmt::Display for StartAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartAt::Earliest => f.write_str("earliest"),
+            StartAt::Latest => f.write_str("latest"),
+            StartAt::Time(us) => match chrono::DateTime::from_timestamp_micros(*us) {
+                Some(t) => write!(f, "{}", t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+                None => write!(f, "{us} us"),
+            },
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StartAt {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Where an event sits in its stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
 pub struct Position {
@@ -220,6 +268,17 @@ mod tests {
         let events = parse_events("t", b"{\"order_id\":\"o-1\",\"n\":1}\n{\"order_id\":\"o-2\"}", &bare).unwrap();
         assert_eq!(events[1].key.as_deref(), Some("o-2"));
         assert_eq!(events[1].event_type, "OrderPlaced");
+    }
+
+    #[test]
+    fn start_positions_parse_and_print() {
+        assert_eq!("earliest".parse::<StartAt>(), Ok(StartAt::Earliest));
+        assert_eq!("latest".parse::<StartAt>(), Ok(StartAt::Latest));
+        let at: StartAt = "2026-01-02T03:04:05Z".parse().unwrap();
+        assert_eq!(at, StartAt::Time(1_767_323_045_000_000));
+        assert_eq!(at.to_string(), "2026-01-02T03:04:05Z");
+        let err = "yesterday".parse::<StartAt>().unwrap_err();
+        assert!(err.starts_with("start \"yesterday\" is not \"earliest\", \"latest\" or an RFC 3339 time"), "{err}");
     }
 
     #[test]

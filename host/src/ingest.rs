@@ -130,7 +130,25 @@ impl Ingest {
         let checkpoint_interval = Duration::from_millis(self.settings.checkpoint.interval_ms.max(1));
         self.report(events_read, &pending, None);
 
+        let mut starts_resolved = false;
         while !stop.load(Ordering::Relaxed) {
+            if !starts_resolved {
+                // Plugins that start at the latest event or at a time: find where, and make it
+                // durable before the first event, so a crash cannot move their start.
+                match self.resolve_starts() {
+                    Ok(()) => starts_resolved = true,
+                    Err(message) => {
+                        if source_error.as_deref() != Some(&message) {
+                            tracing::warn!(error = %message, "finding plugins' start positions failed; retrying");
+                        }
+                        source_error = Some(message);
+                        self.report(events_read, &pending, source_error.clone());
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                }
+            }
             if !pending.is_empty() {
                 pending = self.write_emitted(pending);
                 if !pending.is_empty() {
@@ -240,6 +258,28 @@ impl Ingest {
         let _ = self.pipeline.publish();
         self.report(events_read, &pending, source_error);
         self.pipeline
+    }
+
+    /// Look up the start of every plugin that has no checkpoint and does not start at the
+    /// earliest event; tell the source, and checkpoint the result.
+    fn resolve_starts(&mut self) -> Result<(), String> {
+        let wanted = self.pipeline.starts_to_resolve();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for (topic, start) in wanted {
+            let offsets = self
+                .source
+                .start_offsets(&topic, start)
+                .map_err(|e| format!("finding where {start} is in topic {topic}: {e}"))?;
+            self.pipeline.resolve_start(&topic, start, &offsets);
+        }
+        self.source.start_from(&self.pipeline.known_positions());
+        let written = self.start_checkpoint().map_err(|e| e.to_string())?;
+        let result = written.done.recv().map_err(|_| "the checkpoint thread stopped".to_string())?;
+        let ok = result.is_ok();
+        self.finish_checkpoint(result, &written.positions);
+        if ok { Ok(()) } else { Err("writing the checkpoint of the plugins' start positions failed".into()) }
     }
 
     /// Hand revoked partitions over: write the emitted events on hand, let a running checkpoint

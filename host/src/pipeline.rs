@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::api::PluginStatus;
 use std::path::PathBuf;
 
-use crate::event::{Event, OutgoingEvent, PositionMap};
+use crate::event::{Event, OutgoingEvent, PositionMap, StartAt};
 use crate::plugin::{EventError, Failure, KeyedState, Plugin, PluginKind};
 use crate::query::{Catalog, QueryError};
 use crate::readmodel::{ReadModel, ReadModelError, ReadModelSnapshot};
@@ -33,6 +33,10 @@ struct Slot {
     failed: u64,
     recent_failures: VecDeque<EventError>,
     positions: PositionMap,
+    /// Where the plugin starts without a checkpoint of its own.
+    start: StartAt,
+    /// Topics whose start (not `earliest`) is still to be looked up in the source.
+    unresolved: Vec<String>,
 }
 
 /// One plugin's progress, tables and state at one instant, for a checkpoint.
@@ -123,8 +127,41 @@ impl Pipeline {
             failed: 0,
             recent_failures: VecDeque::new(),
             positions: PositionMap::new(),
+            start: StartAt::Earliest,
+            unresolved: Vec::new(),
         });
         Ok(())
+    }
+
+    /// Where plugin `name` starts while it has no checkpoint of its own. Call before restoring.
+    pub fn set_start(&mut self, name: &str, start: StartAt) {
+        if let Some(slot) = self.slots.iter_mut().find(|s| s.plugin.info().name == name) {
+            slot.start = start;
+            slot.unresolved = if start == StartAt::Earliest { Vec::new() } else { slot.plugin.info().topics.clone() };
+        }
+    }
+
+    /// The (topic, start) pairs plugins without a checkpoint still need looked up in the source
+    /// before the first event is processed.
+    pub fn starts_to_resolve(&self) -> Vec<(String, StartAt)> {
+        let mut wanted: Vec<(String, StartAt)> = Vec::new();
+        for pair in self.slots.iter().flat_map(|s| s.unresolved.iter().map(move |t| (t.clone(), s.start))) {
+            if !wanted.contains(&pair) {
+                wanted.push(pair);
+            }
+        }
+        wanted
+    }
+
+    /// `start` on `topic` is at `offsets` (per partition): plugins waiting on it start there.
+    pub fn resolve_start(&mut self, topic: &str, start: StartAt, offsets: &[(u32, u64)]) {
+        for slot in self.slots.iter_mut().filter(|s| s.start == start && s.unresolved.iter().any(|t| t == topic)) {
+            slot.unresolved.retain(|t| t != topic);
+            for &(partition, offset) in offsets {
+                slot.positions.insert((topic.to_string(), partition), offset);
+            }
+            tracing::info!(plugin = %slot.plugin.info().label(), topic, %start, ?offsets, "plugin starts at");
+        }
     }
 
     /// Run one batch through every plugin that wants some of it.
@@ -265,6 +302,7 @@ impl Pipeline {
         }
         slot.plugin.restore_state(state);
         slot.positions = positions;
+        slot.unresolved.clear();
         Ok(rows)
     }
 

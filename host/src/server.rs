@@ -61,7 +61,9 @@ impl Host {
                 .load(&wasm, plugin.params.clone())
                 .with_context(|| format!("loading plugin {}", plugin.path.display()))?;
             tracing::info!(plugin = %loaded.info().label(), path = %wasm.display(), "plugin loaded");
+            let name = loaded.info().name.clone();
             pipeline.add(loaded).with_context(|| format!("loading plugin {}", plugin.path.display()))?;
+            pipeline.set_start(&name, plugin.start);
         }
 
         let checkpoints = CheckpointStore::open(&data_dir.join("checkpoints"), config.checkpoint.keep)?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{EventSink, PartitionEnd, Result, Source};
-use crate::event::{Event, Position, PositionMap};
+use crate::event::{Event, Position, PositionMap, StartAt};
 use crate::log::{EmbeddedLog, LogError};
 
 /// Bytes read from one partition per poll.
@@ -31,6 +31,22 @@ impl EmbeddedSource {
             }
         }
         Ok(EmbeddedSource { log, next, turn: 0 })
+    }
+
+    /// The first offset in `[from, end)` whose event time is at or after `us`, else `end`.
+    fn first_at_or_after(&self, topic: &str, partition: u32, from: u64, end: u64, us: i64) -> Result<u64> {
+        let mut offset = from;
+        while offset < end {
+            let batch = self.log.read(topic, partition, offset, READ_BYTES)?;
+            if let Some(found) = batch.iter().find(|e| e.time_us >= us) {
+                return Ok(found.position.offset);
+            }
+            match batch.last() {
+                Some(last) => offset = last.position.offset + 1,
+                None => break,
+            }
+        }
+        Ok(end)
     }
 
     fn read_some(&mut self, max: usize) -> Result<Vec<Event>> {
@@ -105,6 +121,27 @@ impl Source for EmbeddedSource {
 
     fn describe(&self) -> String {
         "embedded log".to_string()
+    }
+
+    fn start_offsets(&mut self, topic: &str, start: StartAt) -> Result<Vec<(u32, u64)>> {
+        let mut offsets = Vec::new();
+        for range in self.log.ranges(topic)? {
+            let offset = match start {
+                StartAt::Earliest => range.start,
+                StartAt::Latest => range.end,
+                StartAt::Time(us) => self.first_at_or_after(topic, range.partition, range.start, range.end, us)?,
+            };
+            offsets.push((range.partition, offset));
+        }
+        Ok(offsets)
+    }
+
+    fn start_from(&mut self, positions: &PositionMap) {
+        for (key, next) in positions {
+            if let Some(entry) = self.next.get_mut(key) {
+                *entry = *next;
+            }
+        }
     }
 }
 

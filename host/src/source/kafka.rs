@@ -33,7 +33,7 @@ use rdkafka::{ClientContext, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::{EventSink, PartitionEnd, Result, Source, SourceError};
-use crate::event::{Event, Position, PositionMap};
+use crate::event::{Event, Position, PositionMap, StartAt};
 
 /// Where a partition weir has never read starts, when the group has no committed offset either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -405,6 +405,60 @@ impl Source for KafkaSource {
             .assignment()
             .map(|tpl| tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition().max(0) as u32)).collect())
             .unwrap_or_default()
+    }
+
+    fn start_offsets(&mut self, topic: &str, start: StartAt) -> Result<Vec<(u32, u64)>> {
+        let timeout = Duration::from_secs(5);
+        let metadata = self.consumer.fetch_metadata(Some(topic), timeout).map_err(|e| kafka_error("reading metadata", e))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(SourceError::Kafka(format!("topic {topic} has no partitions yet; cannot find where {start} is")));
+        }
+        let mut watermarks = Vec::with_capacity(partitions.len());
+        for &partition in &partitions {
+            let (low, high) =
+                self.consumer.fetch_watermarks(topic, partition, timeout).map_err(|e| kafka_error("reading watermarks", e))?;
+            watermarks.push((partition, low.max(0) as u64, high.max(0) as u64));
+        }
+        let at_time = match start {
+            StartAt::Time(us) => {
+                let mut list = TopicPartitionList::new();
+                for &partition in &partitions {
+                    list.add_partition_offset(topic, partition, Offset::Offset(us.div_euclid(1000)))
+                        .map_err(|e| kafka_error("looking up offsets by time", e))?;
+                }
+                Some(self.consumer.offsets_for_times(list, timeout).map_err(|e| kafka_error("looking up offsets by time", e))?)
+            }
+            _ => None,
+        };
+        Ok(watermarks
+            .into_iter()
+            .map(|(partition, low, high)| {
+                let offset = match start {
+                    StartAt::Earliest => low,
+                    StartAt::Latest => high,
+                    StartAt::Time(_) => at_time
+                        .as_ref()
+                        .and_then(|list| list.find_partition(topic, partition))
+                        .and_then(|e| e.offset().to_raw())
+                        .filter(|o| *o >= 0)
+                        .map_or(high, |o| o as u64),
+                };
+                (partition as u32, offset)
+            })
+            .collect())
+    }
+
+    fn start_from(&mut self, positions: &PositionMap) {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, next) in positions {
+            shared.known.insert(key.clone(), *next);
+        }
     }
 
     fn revoking(&self) -> bool {

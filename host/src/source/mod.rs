@@ -11,7 +11,7 @@ pub mod kafka;
 
 use std::time::Duration;
 
-use crate::event::{Event, Position, PositionMap};
+use crate::event::{Event, Position, PositionMap, StartAt};
 
 /// Why a source or sink failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,11 @@ pub trait Source: Send {
     fn assignment(&self) -> Vec<(String, u32)>;
     /// One line for status: what this source is connected to, and its state.
     fn describe(&self) -> String;
+    /// Per partition of `topic`, the offset `start` refers to now (for plugins that start at the
+    /// latest event or at a time rather than at the earliest).
+    fn start_offsets(&mut self, topic: &str, start: StartAt) -> Result<Vec<(u32, u64)>>;
+    /// Before the first poll: start reading these partitions at these positions.
+    fn start_from(&mut self, positions: &PositionMap);
     /// Whether the source must give partitions away (a consumer-group rebalance revoked them).
     /// The caller then finishes the events on hand, writes a checkpoint, and calls
     /// [`Source::hand_over`]; no event of a revoked partition is returned in between.

@@ -137,6 +137,71 @@ fn the_embedded_log_keeps_every_acknowledged_event_through_kill_9() {
     }
 }
 
+/// Poll `probe` every 100 ms until it returns `want`; panics with the last answer after a minute.
+fn wait_for(want: &str, probe: impl Fn() -> String) {
+    let started = std::time::Instant::now();
+    loop {
+        let got = probe();
+        if got == want {
+            return;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "still not there after 60 s:\n{got}\nwant:\n{want}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_plugin_starts_at_a_time_or_at_the_latest_event_and_keeps_that_start_across_kill_9() {
+    // Two self-contained streams already in the log when the plugin first starts: one from
+    // January, one from June.
+    let stamp = |mut events: Vec<Event>, time: &str| {
+        let us = chrono::DateTime::parse_from_rfc3339(time).unwrap().timestamp_micros();
+        for (i, e) in events.iter_mut().enumerate() {
+            e.time_us = us + i as i64;
+        }
+        events
+    };
+    let january = stamp(OrderStream::take_events(71, 100, 2_000), "2026-01-15T00:00:00Z");
+    let june = stamp(OrderStream::take_events(72, 100, 2_000), "2026-06-15T00:00:00Z");
+    let later = OrderStream::take_events(73, 100, 2_000);
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write_config(dir.path(), &[], "[log]\npartitions = 3\n");
+    let weir = serve(&empty);
+    for part in [&january, &june] {
+        let (code, body) = weir.post("/v1/topics/orders/events", &envelope_lines(part));
+        assert_eq!(code, 200, "{body}");
+    }
+    assert!(weir.terminate().success());
+    let copy = tempfile::tempdir().unwrap();
+    assert!(std::process::Command::new("cp").arg("-r").arg(dir.path().join("data")).arg(copy.path()).status().unwrap().success());
+
+    // From a time: only June's events reach the table.
+    let with_start = |dir: &std::path::Path, start: &str| {
+        let path = write_config(dir, &[("orders", "")], "[log]\npartitions = 3\n");
+        let text = std::fs::read_to_string(&path).unwrap() + &format!("start = {start:?}\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let weir = serve(&with_start(dir.path(), "2026-03-01T00:00:00Z"));
+    let (june_orders, june_revenue) = truth(&june);
+    wait_for(&june_orders, || weir.sql_csv(ORDERS_CSV));
+    assert_eq!(weir.sql_csv(REVENUE_CSV), june_revenue);
+    drop(weir);
+
+    // From the latest event: nothing already there, everything after; a crash right after keeps
+    // the start where it was first found.
+    let weir = serve(&with_start(copy.path(), "latest"));
+    let (later_orders, later_revenue) = truth(&later);
+    let (code, body) = weir.post("/v1/topics/orders/events", &envelope_lines(&later));
+    assert_eq!(code, 200, "{body}");
+    weir.kill9();
+    let weir = serve(&with_start(copy.path(), "latest"));
+    wait_for(&later_orders, || weir.sql_csv(ORDERS_CSV));
+    assert_eq!(weir.sql_csv(REVENUE_CSV), later_revenue);
+    let lag = weir.status()["lag"].clone();
+    assert!(lag.as_array().unwrap().iter().all(|l| l["lag"] == 0), "{lag:#}");
+}
+
 #[test]
 fn produce_status_and_bad_input_over_http_and_the_cli() {
     let dir = tempfile::tempdir().unwrap();

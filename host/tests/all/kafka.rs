@@ -218,6 +218,28 @@ fn a_member_joining_mid_stream_gets_partitions_only_after_the_first_checkpointed
 }
 
 #[test]
+fn a_plugin_starting_at_a_time_reads_only_records_from_then_on() {
+    let tansu = Tansu::start();
+    create_topic(&tansu.brokers, "orders", 2);
+    let before = OrderStream::take_events(81, 100, 3_000);
+    let after = OrderStream::take_events(82, 100, 3_000);
+    produce(&tansu.brokers, "orders", &before);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let start = chrono::Utc::now().to_rfc3339();
+    std::thread::sleep(Duration::from_millis(500));
+    produce(&tansu.brokers, "orders", &after);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), &tansu.brokers, "from-time");
+    let text = std::fs::read_to_string(&path).unwrap() + &format!("start = {start:?}\n");
+    std::fs::write(&path, text).unwrap();
+    let weir = serve(&path);
+    let (orders_truth, revenue_truth) = truth(&after);
+    eventually(120, || weir.sql_csv(REVENUE_CSV), |csv| *csv == revenue_truth);
+    assert_eq!(weir.sql_csv(ORDERS_CSV), orders_truth, "records from before {start} were applied");
+}
+
+#[test]
 fn a_broker_missing_at_start_and_lost_mid_stream_costs_no_event() {
     // weir starts first, pointed at a broker that is not there yet: it keeps retrying.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
