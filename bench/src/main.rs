@@ -424,7 +424,7 @@ fn end_to_end_embedded(events: usize, repeats: usize) -> anyhow::Result<Figure> 
         config.server.data_dir = dir.clone();
         config.server.pg = None;
         config.checkpoint.interval_ms = 60_000;
-        config.plugins.push(weir_host::config::PluginConfig { path: wasm.clone(), params: Default::default() });
+        config.plugins.push(weir_host::config::PluginConfig { path: wasm.clone(), params: Default::default(), start: Default::default() });
         let host = weir_host::server::Host::start(&config)?;
         let started = Instant::now();
         for chunk in sample.chunks(10_000) {
@@ -539,7 +539,7 @@ fn kafka_vs_raw(events: usize, repeats: usize) -> anyhow::Result<Option<Comparis
         config.server.pg = None;
         config.checkpoint.interval_ms = 60_000;
         config.kafka = Some(weir_host::source::kafka::KafkaConfig { group_id: format!("weir-{repeat}"), ..kafka.clone() });
-        config.plugins.push(weir_host::config::PluginConfig { path: wasm.clone(), params: Default::default() });
+        config.plugins.push(weir_host::config::PluginConfig { path: wasm.clone(), params: Default::default(), start: Default::default() });
         let host = weir_host::server::Host::start(&config)?;
         // Timed from the first event read, so the group join (seconds on tansu) is not counted.
         let read = || host.status.read().map(|s| s.events_read).unwrap_or(0);
