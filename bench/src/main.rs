@@ -20,6 +20,10 @@ use clap::Parser;
 use weir_host::plugin::{Limits, PluginRuntime};
 use weir_host::sample::OrderStream;
 
+// The same allocator as the `weir` binary, so the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Run weir's benchmarks.
 #[derive(Debug, Parser)]
 #[command(name = "weir-bench", version)]

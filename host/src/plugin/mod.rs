@@ -240,6 +240,10 @@ impl PluginRuntime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        if std::env::var_os("WEIR_WASM_PERFMAP").is_some_and(|v| v == "1") {
+            // For profiling: name plugin functions for `perf` in /tmp/perf-PID.map.
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let cache = match cache_dir {
             Some(dir) => {
                 let mut cache_config = CacheConfig::new();
