@@ -221,6 +221,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// A field of `/proc/self/status` in kB (`VmRSS`, `VmHWM`), where there is one.
+fn proc_status_kb(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    line[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// Reset the process's peak resident memory to its current value (Linux `clear_refs`).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Upserts into a read-model table, its memory, and SQL latency over it.
 fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     use std::sync::Arc;
@@ -229,7 +241,11 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
 
     let (mut insert_rates, mut update_rates) = (Vec::new(), Vec::new());
     let mut last = None;
-    for _ in 0..repeats {
+    let mut peak_growth = None;
+    for repeat in 0..repeats {
+        // Peak resident memory while the table is built (first repeat): reset the kernel's
+        // high-water mark, then read it after.
+        let baseline = (repeat == 0 && reset_peak_rss()).then(|| proc_status_kb("VmRSS")).flatten();
         let mut model = ReadModel::new("bench", &[orders_schema()]);
         for (round, rates) in [(0, &mut insert_rates), (1, &mut update_rates)] {
             let started = Instant::now();
@@ -244,6 +260,9 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
             }
             model.snapshot()?;
             rates.push(rows as f64 / started.elapsed().as_secs_f64());
+        }
+        if let (Some(before), Some(peak)) = (baseline, proc_status_kb("VmHWM")) {
+            peak_growth = Some(peak.saturating_sub(before) * 1024);
         }
         last = Some(model);
     }
@@ -347,6 +366,19 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
             spread: "one value",
             goal: "≤ 2",
         },
+        Figure {
+            scenario: "readmodel",
+            metric: format!(
+                "peak RSS growth ({:.0} MB), {rows} rows inserted + updated / raw Arrow",
+                peak_growth.map_or(f64::NAN, |b| b as f64 / 1e6)
+            ),
+            unit: "ratio",
+            median: peak_growth.map_or(f64::NAN, |b| b as f64 / raw as f64),
+            low: peak_growth.map_or(f64::NAN, |b| b as f64 / raw as f64),
+            high: peak_growth.map_or(f64::NAN, |b| b as f64 / raw as f64),
+            spread: "one value",
+            goal: "",
+        },
         ms(&format!("SQL point lookup over {rows} rows (no ingest)"), &point, ""),
         ms(&format!("SQL group-by over {rows} rows (no ingest)"), &group, ""),
         ms(&format!("SQL point lookup, {rows} rows, {:.0}k upserts/s ingest", ingest_rate / 1000.0), &point_ingest, ""),
@@ -449,6 +481,81 @@ fn end_to_end_embedded(events: usize, repeats: usize) -> anyhow::Result<Figure> 
         high: r.max,
         spread: "min–max",
         goal: "≥ 1000000",
+    })
+}
+
+/// Produce→visible latency on the embedded log: `rate` events/s written in batches every 10 ms
+/// for `seconds`, each batch timed from just before its append until `/v1/status` (rewritten after
+/// every snapshot publish) shows the orders projection past all of its events. p50 and p99 over
+/// batches, for one `publish_interval_ms`.
+fn latency_at_rate(rate: usize, seconds: u64, publish_ms: u64) -> anyhow::Result<Figure> {
+    use std::collections::VecDeque;
+    use std::time::Duration;
+    let wasm = weir_host::build::build_plugin(&weir_host::demo::plugins_dir().join("orders"))?;
+    let per_batch = (rate / 100).max(1);
+    let batches = (seconds * 100) as usize;
+    let sample = weir_host::sample::OrderStream::take_events(43, 1_000, per_batch * batches);
+    let dir = std::env::temp_dir().join(format!("weir-bench-latency-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = weir_host::config::Config::default();
+    config.server.data_dir = dir.clone();
+    config.server.pg = None;
+    config.server.publish_interval_ms = publish_ms;
+    config.checkpoint.interval_ms = 60_000;
+    config.plugins.push(weir_host::config::PluginConfig { path: wasm, params: Default::default(), start: Default::default() });
+    let host = weir_host::server::Host::start(&config)?;
+    // Batches sent and not yet visible: (highest offset + 1 per partition, sent at).
+    let mut waiting: VecDeque<(Vec<((String, u32), u64)>, Instant)> = VecDeque::new();
+    let mut latencies = Vec::with_capacity(batches);
+    let started = Instant::now();
+    let visible = |waiting: &mut VecDeque<(Vec<((String, u32), u64)>, Instant)>, latencies: &mut Vec<f64>| {
+        let status = host.status.read().unwrap_or_else(|e| e.into_inner());
+        while let Some((needs, sent)) = waiting.front() {
+            let done = needs.iter().all(|((topic, partition), next)| {
+                status.lag.iter().any(|l| l.topic == *topic && l.partition == *partition && l.position >= *next)
+            });
+            if !done {
+                break;
+            }
+            latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+            waiting.pop_front();
+        }
+    };
+    for (n, chunk) in sample.chunks(per_batch).enumerate() {
+        let due = started + Duration::from_millis(10 * n as u64);
+        while Instant::now() < due {
+            visible(&mut waiting, &mut latencies);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let sent = Instant::now();
+        let positions = host.sink.append("orders", chunk.to_vec())?;
+        let mut needs: Vec<((String, u32), u64)> = Vec::new();
+        for p in positions {
+            match needs.iter_mut().find(|(k, _)| k.0 == p.topic && k.1 == p.partition) {
+                Some(entry) => entry.1 = entry.1.max(p.offset + 1),
+                None => needs.push(((p.topic, p.partition), p.offset + 1)),
+            }
+        }
+        waiting.push_back((needs, sent));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !waiting.is_empty() && Instant::now() < deadline {
+        visible(&mut waiting, &mut latencies);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    anyhow::ensure!(waiting.is_empty(), "{} batches never became visible", waiting.len());
+    host.shutdown();
+    latencies.sort_by(f64::total_cmp);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Figure {
+        scenario: "e2e",
+        metric: format!("produce→visible at {rate} events/s, publish every {publish_ms} ms"),
+        unit: "ms",
+        median: percentile(&latencies, 0.5),
+        low: percentile(&latencies, 0.5),
+        high: percentile(&latencies, 0.99),
+        spread: "p50–p99",
+        goal: "",
     })
 }
 
@@ -599,6 +706,10 @@ fn main() -> anyhow::Result<()> {
     }
     if run("e2e") {
         figures.push(end_to_end_embedded(events, repeats)?);
+        let seconds = if args.quick { 1 } else { 5 };
+        for publish_ms in [100, 10] {
+            figures.push(latency_at_rate(20_000, seconds, publish_ms)?);
+        }
     }
 
     println!("\n{:<16} {:<10} {:>34} {:>34} {:>7} {:>6}", "scenario", "unit", "weir (median, min–max)", "baseline (median, min–max)", "ratio", "goal");
