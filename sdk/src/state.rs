@@ -13,12 +13,33 @@ pub(crate) struct StateTxn {
     writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
+/// State as the current batch call sees it: values read from the host so far and the writes of
+/// the events that succeeded. Reads of a key the batch has seen are answered here, without a
+/// host call; writes reach the host once per key, when the batch ends. The host keeps a batch's
+/// writes only if the call returns, so holding them back until then changes nothing it sees.
+#[derive(Default)]
+struct BatchState {
+    /// Key → (value as of the last successful event, `None`: absent; written by the batch?).
+    seen: HashMap<Vec<u8>, (Option<Vec<u8>>, bool)>,
+}
+
+std::thread_local! {
+    static BATCH: std::cell::RefCell<BatchState> = std::cell::RefCell::new(BatchState::default());
+}
+
 impl StateTxn {
     pub(crate) fn get_bytes(&self, key: &[u8]) -> Option<Vec<u8>> {
-        match self.writes.get(key) {
-            Some(written) => written.clone(),
-            None => sys::state_get(key),
+        if let Some(written) = self.writes.get(key) {
+            return written.clone();
         }
+        BATCH.with_borrow_mut(|batch| {
+            if let Some((value, _)) = batch.seen.get(key) {
+                return value.clone();
+            }
+            let value = sys::state_get(key);
+            batch.seen.insert(key.to_vec(), (value.clone(), false));
+            value
+        })
     }
 
     pub(crate) fn put_bytes(&mut self, key: &[u8], value: Vec<u8>) {
@@ -44,13 +65,33 @@ impl StateTxn {
     }
 
     pub(crate) fn commit(self) {
-        for (key, value) in self.writes {
-            match value {
-                Some(value) => sys::state_put(&key, &value),
-                None => sys::state_delete(&key),
+        if self.writes.is_empty() {
+            return;
+        }
+        BATCH.with_borrow_mut(|batch| {
+            for (key, value) in self.writes {
+                batch.seen.insert(key, (value, true));
+            }
+        });
+    }
+}
+
+/// Start a batch: forget what the previous one saw (the host may have rolled it back).
+fn begin_batch() {
+    BATCH.with_borrow_mut(|batch| batch.seen.clear());
+}
+
+/// End a batch: send every key its successful events wrote, once, with its last value.
+fn end_batch() {
+    BATCH.with_borrow_mut(|batch| {
+        for (key, (value, written)) in batch.seen.drain() {
+            match (value, written) {
+                (Some(value), true) => sys::state_put(&key, &value),
+                (None, true) => sys::state_delete(&key),
+                (_, false) => {}
             }
         }
-    }
+    });
 }
 
 /// Run `handle` on each event with its own state transaction, committed only if it succeeds.
@@ -58,7 +99,8 @@ pub(crate) fn run_batch<O>(
     events: impl IntoIterator<Item = crate::Event>,
     handle: impl Fn(&mut StateTxn, &crate::Event) -> Result<O>,
 ) -> Vec<Result<O>> {
-    events
+    begin_batch();
+    let outcomes = events
         .into_iter()
         .map(|event| {
             let mut state = StateTxn::default();
@@ -68,7 +110,9 @@ pub(crate) fn run_batch<O>(
             }
             outcome
         })
-        .collect()
+        .collect();
+    end_batch();
+    outcomes
 }
 
 /// Generates the state and parameter accessors shared by both plugin contexts.
