@@ -27,6 +27,15 @@ if [ -z "$WEIR_TANSU" ]; then
     WEIR_TANSU=$(find_tansu)
 fi
 export WEIR_TANSU
+# One test restarts the broker mid-stream, so its records must outlive the process: tansu then
+# stores them in S3, served in memory by moto (PyPI moto[server] 5.2.5), which outlives tansu.
+WEIR_MOTO="$tools/moto-venv/bin/moto_server"
+if [ ! -x "$WEIR_MOTO" ]; then
+    echo "installing the moto S3 server (PyPI moto[server]==5.2.5) into $tools/moto-venv"
+    python3 -m venv "$tools/moto-venv"
+    "$tools/moto-venv/bin/pip" install -q "moto[server]==5.2.5"
+fi
+export WEIR_MOTO
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

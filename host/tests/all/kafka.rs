@@ -265,6 +265,24 @@ fn a_broker_missing_at_start_and_lost_mid_stream_costs_no_event() {
 }
 
 #[test]
+fn a_broker_restarted_mid_stream_costs_no_event() {
+    // Records and group offsets in S3 (moto), so the restarted broker is the same broker.
+    let mut tansu = Tansu::start_persistent();
+    create_topic(&tansu.brokers, "orders", 2);
+    let events = OrderStream::take_events(91, 200, 20_000);
+    let (orders_truth, revenue_truth) = truth(&events);
+    produce(&tansu.brokers, "orders", &events[..10_000]);
+    let dir = tempfile::tempdir().unwrap();
+    let weir = serve(&config(dir.path(), &tansu.brokers, "restart"));
+    eventually(120, || events_read(&weir), |n| *n >= 2_000);
+    // Mid-stream: the broker process goes away and a new one takes over its storage and port.
+    tansu.restart();
+    produce(&tansu.brokers, "orders", &events[10_000..]);
+    eventually(180, || weir.sql_csv(REVENUE_CSV), |csv| *csv == revenue_truth);
+    assert_eq!(weir.sql_csv(ORDERS_CSV), orders_truth, "orders differ after the broker restart");
+}
+
+#[test]
 fn weir_produce_writes_to_kafka_with_cloudevents_headers() {
     let tansu = Tansu::start();
     create_topic(&tansu.brokers, "orders", 2);

