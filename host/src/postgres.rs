@@ -2,24 +2,31 @@
 //! -p 5433 -c "SELECT ..."` asks the same engine as `POST /v1/sql`, under the same snapshot rules,
 //! read-only check, time limit and memory limit. The only module that knows pgwire exists.
 //!
-//! It speaks the simple-query protocol (what `psql -c` and interactive psql use for plain
-//! statements); the extended protocol (prepared statements) is refused.
+//! It speaks the simple-query protocol (what `psql -c` and interactive psql use) and the extended
+//! protocol (parse/bind/describe/execute: prepared statements with `$1` parameters, as drivers
+//! such as tokio-postgres, JDBC and psycopg use it). A statement is planned when it is parsed, so a
+//! refused or wrong query fails at parse, naming why; it runs on the snapshots current when it is
+//! executed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
+use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
+use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
 use datafusion_postgres::pgwire;
 use futures::Sink;
 use pgwire::api::portal::Format;
-use pgwire::api::query::SimpleQueryHandler;
-use pgwire::api::results::{QueryResponse, Response};
+use pgwire::api::portal::Portal;
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::Type;
 use pgwire::api::{ClientInfo, ClientPortalStore, NoopHandler, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 
-use crate::query::{QueryError, SqlEngine};
+use crate::query::{Answer, Description, QueryError, SqlEngine};
 
 /// A running listener; dropping it stops accepting and closes every session.
 pub struct PgServer {
@@ -44,7 +51,7 @@ impl Drop for PgServer {
 pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<PgServer> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let handlers = Arc::new(Handlers { queries: Arc::new(Queries { sql }) });
+    let handlers = Arc::new(Handlers { queries: Arc::new(Queries { parser: Arc::new(Planner { sql: sql.clone() }), sql }) });
     let task = tokio::spawn(async move {
         let mut sessions = tokio::task::JoinSet::new();
         loop {
@@ -75,6 +82,10 @@ impl PgWireServerHandlers for Handlers {
         self.queries.clone()
     }
 
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.queries.clone()
+    }
+
     fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
         Arc::new(NoopHandler)
     }
@@ -82,6 +93,75 @@ impl PgWireServerHandlers for Handlers {
 
 struct Queries {
     sql: Arc<SqlEngine>,
+    parser: Arc<Planner>,
+}
+
+/// A parsed statement of the extended protocol: its text and what planning it found.
+#[derive(Clone)]
+struct Prepared {
+    sql: String,
+    description: Description,
+}
+
+/// Parses extended-protocol statements by planning them with the engine.
+struct Planner {
+    sql: Arc<SqlEngine>,
+}
+
+#[async_trait]
+impl QueryParser for Planner {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let description = self.sql.describe(sql).await.map_err(|e| pg_error(&e))?;
+        Ok(Some(Prepared { sql: sql.to_string(), description }))
+    }
+
+    fn get_parameter_types(&self, statement: &Prepared) -> PgWireResult<Vec<Type>> {
+        statement.description.params.iter().map(|kind| kind.as_ref().map_or(Ok(Type::UNKNOWN), into_pg_type)).collect()
+    }
+
+    fn get_result_schema(&self, statement: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        arrow_schema_to_pg_fields(&statement.description.schema, format.unwrap_or(&Format::UnifiedText), None)
+    }
+}
+
+/// Rows of `answer` in `format`, as a query response.
+fn respond(answer: Answer, format: &Format) -> PgWireResult<Response> {
+    let fields = Arc::new(arrow_schema_to_pg_fields(&answer.schema, format, None)?);
+    let mut rows = Vec::new();
+    for batch in answer.batches {
+        rows.extend(encode_recordbatch(fields.clone(), batch));
+    }
+    Ok(Response::Query(QueryResponse::new(fields, futures::stream::iter(rows))))
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Queries {
+    type Statement = Prepared;
+    type QueryParser = Planner;
+
+    fn query_parser(&self) -> Arc<Planner> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(&self, _client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore<Statement = Prepared>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statement = &portal.statement.statement;
+        let types: Vec<Option<&crate::query::DataType>> =
+            statement.description.params.iter().map(Option::as_ref).collect();
+        let params = deserialize_parameters(portal, &types)?;
+        let answer = self.sql.query_with_params(&statement.sql, params).await.map_err(|e| pg_error(&e))?;
+        respond(answer, &portal.result_column_format)
+    }
 }
 
 /// The SQLSTATE for each way a query can fail.
@@ -103,12 +183,7 @@ impl SimpleQueryHandler for Queries {
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
     {
         let answer = self.sql.query(query).await.map_err(|e| pg_error(&e))?;
-        let fields = Arc::new(arrow_schema_to_pg_fields(&answer.schema, &Format::UnifiedText, None)?);
-        let mut rows = Vec::new();
-        for batch in answer.batches {
-            rows.extend(encode_recordbatch(fields.clone(), batch));
-        }
-        Ok(vec![Response::Query(QueryResponse::new(fields, futures::stream::iter(rows)))])
+        Ok(vec![respond(answer, &Format::UnifiedText)?])
     }
 }
 

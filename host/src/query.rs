@@ -13,9 +13,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+pub use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{MemTable, MemorySchemaProvider, SchemaProvider};
+use datafusion::common::ParamValues;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -210,6 +212,20 @@ impl Answer {
     }
 }
 
+/// What a query takes and gives, found by planning it.
+#[derive(Debug, Clone)]
+pub struct Description {
+    /// Type of each placeholder, `$1` first; `None` where the query leaves it open.
+    pub params: Vec<Option<DataType>>,
+    /// Schema of the answer.
+    pub schema: SchemaRef,
+}
+
+/// Queries may read and nothing else: no DDL, no DML, no `SET` or other statements.
+fn read_only() -> SQLOptions {
+    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+}
+
 /// Runs SQL against the catalog.
 pub struct SqlEngine {
     catalog: Arc<Catalog>,
@@ -257,10 +273,43 @@ impl SqlEngine {
 
     /// Run one read-only query.
     pub async fn query(&self, sql: &str) -> Result<Answer> {
+        self.run(sql, None).await
+    }
+
+    /// Run one read-only query whose `$1`, `$2`, ... placeholders take `params`, in order.
+    pub async fn query_with_params(&self, sql: &str, params: ParamValues) -> Result<Answer> {
+        self.run(sql, Some(params)).await
+    }
+
+    /// Plan `sql` without running it (under the same read-only rules): the types its placeholders
+    /// take (`$1` first; `None` where the query does not fix one) and the schema of its answer.
+    pub async fn describe(&self, sql: &str) -> Result<Description> {
         let ctx = self.session()?;
-        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let plan = ctx.state().create_logical_plan(sql).await.map_err(|e| self.classify(e))?;
+        read_only().verify_plan(&plan).map_err(|e| self.classify(e))?;
+        let mut params: Vec<(usize, Option<DataType>)> = plan
+            .get_parameter_types()
+            .map_err(|e| self.classify(e))?
+            .into_iter()
+            .filter_map(|(name, kind)| name.trim_start_matches('$').parse::<usize>().ok().map(|n| (n, kind)))
+            .filter(|(n, _)| *n > 0)
+            .collect();
+        params.sort_by_key(|(n, _)| *n);
+        let count = params.last().map_or(0, |(n, _)| *n);
+        let mut types = vec![None; count];
+        for (n, kind) in params {
+            types[n - 1] = kind;
+        }
+        Ok(Description { params: types, schema: Arc::new(plan.schema().as_arrow().clone()) })
+    }
+
+    async fn run(&self, sql: &str, params: Option<ParamValues>) -> Result<Answer> {
+        let ctx = self.session()?;
         let run = async {
-            let frame = ctx.sql_with_options(sql, options).await.map_err(|e| self.classify(e))?;
+            let mut frame = ctx.sql_with_options(sql, read_only()).await.map_err(|e| self.classify(e))?;
+            if let Some(params) = params {
+                frame = frame.with_param_values(params).map_err(|e| self.classify(e))?;
+            }
             let schema = Arc::new(frame.schema().as_arrow().clone());
             let batches = frame.collect().await.map_err(|e| self.classify(e))?;
             Ok(Answer { schema, batches })

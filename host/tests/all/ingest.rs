@@ -305,3 +305,51 @@ fn psql_asks_the_postgres_listener_and_is_refused_writes() {
     let out = psql("SELECT nope FROM orders");
     assert!(String::from_utf8_lossy(&out.stderr).contains("ERROR:"), "bad SQL gave no error");
 }
+
+#[test]
+fn a_driver_on_the_extended_protocol_binds_parameters_and_gets_typed_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[("orders", "")], "");
+    let weir = serve(&config);
+    let events = OrderStream::take_events(19, 50, 2_000);
+    assert_eq!(weir.post("/v1/topics/orders/events", &envelope_lines(&events)).0, 200);
+    weir.wait_caught_up(2_000);
+    let port = weir.pg_port.expect("the Postgres listener was not announced");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&format!("host=127.0.0.1 port={port} user=weir dbname=weir"), tokio_postgres::NoTls)
+            .await
+            .expect("tokio-postgres connects");
+        tokio::spawn(connection);
+
+        // Parameters bound by the driver, answers in binary with their Postgres types.
+        let customer: String = client
+            .query_one("SELECT customer_id FROM customer_revenue ORDER BY customer_id LIMIT 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let row = client
+            .query_one("SELECT customer_id, orders_placed, revenue FROM customer_revenue WHERE customer_id = $1", &[&customer])
+            .await
+            .unwrap();
+        let (id, placed, revenue): (String, i64, f64) = (row.get(0), row.get(1), row.get(2));
+        let http = weir.sql_csv(&format!(
+            "SELECT customer_id, orders_placed, revenue FROM customer_revenue WHERE customer_id = '{customer}'"
+        ));
+        assert_eq!(format!("customer_id,orders_placed,revenue\n{id},{placed},{revenue}\n"), http);
+
+        let statement = client.prepare("SELECT count(*) AS n FROM orders WHERE status = $1 AND amount > $2").await.unwrap();
+        assert_eq!(statement.params(), &[tokio_postgres::types::Type::TEXT, tokio_postgres::types::Type::FLOAT8]);
+        let paid: i64 = client.query_one(&statement, &[&"paid", &0.0f64]).await.unwrap().get(0);
+        let http = weir.sql_csv("SELECT count(*) AS n FROM orders WHERE status = 'paid' AND amount > 0.0");
+        assert_eq!(paid.to_string(), http.lines().nth(1).unwrap());
+
+        // Refused and wrong statements fail at prepare, with the engine's reason.
+        let err = client.prepare("DELETE FROM orders").await.unwrap_err();
+        let db = err.as_db_error().expect("a server error");
+        assert_eq!(db.code().code(), "25006", "{db:?}");
+        assert!(db.message().contains("weir's SQL is read-only"), "{db:?}");
+        let err = client.prepare("SELECT nope FROM orders").await.unwrap_err();
+        assert!(err.as_db_error().is_some_and(|e| e.message().contains("nope")), "{err:?}");
+    });
+}
