@@ -94,6 +94,8 @@ pub struct Ingest {
     checkpoints: CheckpointStore,
     settings: IngestSettings,
     status: StatusBoard,
+    /// Plugins' start positions were found but not yet checkpointed.
+    start_unsaved: bool,
 }
 
 /// A checkpoint being written in the background.
@@ -112,7 +114,7 @@ impl Ingest {
         settings: IngestSettings,
         status: StatusBoard,
     ) -> Self {
-        Ingest { pipeline, source, sink, checkpoints, settings, status }
+        Ingest { pipeline, source, sink, checkpoints, settings, status, start_unsaved: false }
     }
 
     /// Run until `stop` is set, then write a last checkpoint. Returns the pipeline.
@@ -160,7 +162,12 @@ impl Ingest {
             }
             let wait = self.settings.publish_interval.saturating_sub(last_publish.elapsed()).max(Duration::from_millis(1));
             let wait = if dirty { wait } else { Duration::from_millis(100) };
-            match self.source.poll(self.settings.batch_size.max(1), wait) {
+            let polled = self.source.poll(self.settings.batch_size.max(1), wait);
+            let floors = self.source.take_floors();
+            if !floors.is_empty() {
+                self.pipeline.raise_positions(&floors);
+            }
+            match polled {
                 Ok(events) if !events.is_empty() => {
                     if source_error.take().is_some() {
                         tracing::info!(source = %self.source.describe(), "source recovered");
@@ -187,9 +194,10 @@ impl Ingest {
             }
             if self.source.revoking() {
                 // A rebalance takes partitions away: checkpoint the work done on them first.
-                self.hand_over(&mut pending, &mut writing, stop);
-                changed_since_checkpoint = false;
-                last_checkpoint = Instant::now();
+                if self.hand_over(&mut pending, &mut writing, stop) {
+                    changed_since_checkpoint = false;
+                    last_checkpoint = Instant::now();
+                }
             }
             if dirty && last_publish.elapsed() >= self.settings.publish_interval {
                 if let Err(e) = self.pipeline.publish() {
@@ -264,7 +272,7 @@ impl Ingest {
     /// earliest event; tell the source, and checkpoint the result.
     fn resolve_starts(&mut self) -> Result<(), String> {
         let wanted = self.pipeline.starts_to_resolve();
-        if wanted.is_empty() {
+        if wanted.is_empty() && !self.start_unsaved {
             return Ok(());
         }
         for (topic, start) in wanted {
@@ -273,13 +281,19 @@ impl Ingest {
                 .start_offsets(&topic, start)
                 .map_err(|e| format!("finding where {start} is in topic {topic}: {e}"))?;
             self.pipeline.resolve_start(&topic, start, &offsets);
+            self.start_unsaved = true;
         }
         self.source.start_from(&self.pipeline.known_positions());
         let written = self.start_checkpoint().map_err(|e| e.to_string())?;
         let result = written.done.recv().map_err(|_| "the checkpoint thread stopped".to_string())?;
         let ok = result.is_ok();
         self.finish_checkpoint(result, &written.positions);
-        if ok { Ok(()) } else { Err("writing the checkpoint of the plugins' start positions failed".into()) }
+        if ok {
+            self.start_unsaved = false;
+            Ok(())
+        } else {
+            Err("writing the checkpoint of the plugins' start positions failed".into())
+        }
     }
 
     /// Hand revoked partitions over: write the emitted events on hand, let a running checkpoint
@@ -287,7 +301,8 @@ impl Ingest {
     /// away at its positions. If that checkpoint cannot be written (the sink is down for
     /// [`HANDOVER_WAIT`], or the write fails) they go at the previous checkpoint's positions and
     /// the next owner re-applies what came after it.
-    fn hand_over(&mut self, pending: &mut Vec<Event>, writing: &mut Option<Writing>, stop: &AtomicBool) {
+    /// Returns whether it wrote a checkpoint.
+    fn hand_over(&mut self, pending: &mut Vec<Event>, writing: &mut Option<Writing>, stop: &AtomicBool) -> bool {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
         while !pending.is_empty() && started.elapsed() < HANDOVER_WAIT && !stop.load(Ordering::Relaxed) {
@@ -327,6 +342,7 @@ impl Ingest {
             tracing::error!(error = %e, "handing partitions over failed");
         }
         tracing::info!(ms = started.elapsed().as_millis() as u64, checkpointed = positions.is_some(), "partitions handed over");
+        positions.is_some()
     }
 
     /// Write handlers' events, grouped by topic; returns those not written.
@@ -354,12 +370,9 @@ impl Ingest {
 
     fn start_checkpoint(&mut self) -> Result<Writing, crate::readmodel::ReadModelError> {
         let captures = self.pipeline.capture()?;
-        let mut positions = PositionMap::new();
-        for capture in &captures {
-            for (key, next) in &capture.positions {
-                positions.entry(key.clone()).and_modify(|p: &mut u64| *p = (*p).min(*next)).or_insert(*next);
-            }
-        }
+        // What the source may commit: per partition, the lowest position of the plugins that read
+        // it, a plugin with no position there yet counting as 0.
+        let positions = self.pipeline.known_positions();
         let store = self.checkpoints.clone();
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()

@@ -153,6 +153,20 @@ impl Pipeline {
         wanted
     }
 
+    /// Events of these partitions before these offsets were applied already (a consumer group's
+    /// committed positions): every plugin reading a partition moves up to its floor.
+    pub fn raise_positions(&mut self, floors: &PositionMap) {
+        for ((topic, partition), floor) in floors {
+            for slot in self.slots.iter_mut().filter(|s| s.plugin.info().topics.iter().any(|t| t == topic)) {
+                let position = slot.positions.entry((topic.clone(), *partition)).or_insert(0);
+                if *position < *floor {
+                    tracing::info!(plugin = %slot.plugin.info().label(), topic, partition, from = *position, to = *floor, "plugin moves up to the group's position");
+                    *position = *floor;
+                }
+            }
+        }
+    }
+
     /// `start` on `topic` is at `offsets` (per partition): plugins waiting on it start there.
     pub fn resolve_start(&mut self, topic: &str, start: StartAt, offsets: &[(u32, u64)]) {
         for slot in self.slots.iter_mut().filter(|s| s.start == start && s.unresolved.iter().any(|t| t == topic)) {

@@ -221,6 +221,9 @@ pub struct Description {
     pub schema: SchemaRef,
 }
 
+/// The most parameters a statement may take (the Postgres protocol's own limit).
+const MAX_PARAMETERS: usize = 65_535;
+
 /// Queries may read and nothing else: no DDL, no DML, no `SET` or other statements.
 fn read_only() -> SQLOptions {
     SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
@@ -296,6 +299,11 @@ impl SqlEngine {
             .collect();
         params.sort_by_key(|(n, _)| *n);
         let count = params.last().map_or(0, |(n, _)| *n);
+        if count > MAX_PARAMETERS {
+            return Err(QueryError::Sql(format!(
+                "placeholder ${count} is past the {MAX_PARAMETERS} parameters a statement may take"
+            )));
+        }
         let mut types = vec![None; count];
         for (n, kind) in params {
             types[n - 1] = kind;

@@ -76,7 +76,11 @@ impl Host {
                 "restored checkpoint"
             );
             for (plugin, why) in &stats.rebuilt {
-                tracing::warn!(plugin, why, "plugin starts from the beginning of its topics");
+                tracing::warn!(
+                    plugin,
+                    why,
+                    "plugin starts over: at its `start` on the embedded log; on Kafka not below the group's committed positions (use a new group_id to replay history)"
+                );
             }
         }
         pipeline.publish()?;

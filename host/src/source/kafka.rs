@@ -107,6 +107,9 @@ struct Shared {
     rebalanced: bool,
     /// Partitions revoked by the group and not yet handed over.
     revoking: Option<Vec<(String, i32)>>,
+    /// Where assigned partitions start (the later of weir's and the group's position), for the
+    /// pipeline to raise its plugins' positions to; taken by [`Source::take_floors`].
+    floors: PositionMap,
     /// The consumer is closing: revocations are handed over at once (the final checkpoint is
     /// already written).
     closing: bool,
@@ -175,7 +178,13 @@ impl ConsumerContext for GroupContext {
                     tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
                 // Another member may have read on since this one last held a partition: start at
                 // the later of weir's own position and the group's committed offset.
-                let committed = consumer.committed_offsets(tpl.clone(), Duration::from_secs(5)).ok();
+                let committed = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(5)) {
+                    Ok(list) => Some(list),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka: reading the group's committed offsets failed; starting at weir's own positions");
+                        None
+                    }
+                };
                 let committed_at = |topic: &str, partition: i32| {
                     committed
                         .as_ref()
@@ -186,11 +195,19 @@ impl ConsumerContext for GroupContext {
                 };
                 let mut starts = Vec::new();
                 for (topic, partition) in &partitions {
-                    let own = shared.known.get(&(topic.clone(), *partition as u32)).copied();
+                    let key = (topic.clone(), *partition as u32);
+                    let own = shared.known.get(&key).copied();
+                    let group = committed_at(topic, *partition);
                     if let Some(own) = own {
-                        let next = own.max(committed_at(topic, *partition).unwrap_or(0));
+                        let next = own.max(group.unwrap_or(0));
                         let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(next as i64));
                         starts.push((topic.clone(), *partition, next));
+                    }
+                    // Events before the group's position were applied by this member or another:
+                    // no plugin here applies them again, and no commit goes below it.
+                    if let Some(group) = group {
+                        let floor = shared.floors.entry(key).or_insert(0);
+                        *floor = (*floor).max(group);
                     }
                 }
                 tracing::info!(?partitions, ?starts, "kafka: partitions assigned");
@@ -214,7 +231,12 @@ impl ConsumerContext for GroupContext {
                     shared.revoking.get_or_insert_with(Vec::new).extend(partitions);
                 }
             }
-            other => tracing::error!(error = ?other, "kafka: rebalance failed"),
+            other => {
+                tracing::error!(error = ?other, "kafka: rebalance failed; giving the assignment up");
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "kafka: unassigning partitions failed");
+                }
+            }
         }
     }
 }
@@ -429,7 +451,7 @@ impl Source for KafkaSource {
             StartAt::Time(us) => {
                 let mut list = TopicPartitionList::new();
                 for &partition in &partitions {
-                    list.add_partition_offset(topic, partition, Offset::Offset(us.div_euclid(1000)))
+                    list.add_partition_offset(topic, partition, Offset::Offset(us.div_euclid(1000).max(0)))
                         .map_err(|e| kafka_error("looking up offsets by time", e))?;
                 }
                 Some(self.consumer.offsets_for_times(list, timeout).map_err(|e| kafka_error("looking up offsets by time", e))?)
@@ -452,6 +474,10 @@ impl Source for KafkaSource {
                 (partition as u32, offset)
             })
             .collect())
+    }
+
+    fn take_floors(&mut self) -> PositionMap {
+        std::mem::take(&mut self.shared.lock().unwrap_or_else(|e| e.into_inner()).floors)
     }
 
     fn start_from(&mut self, positions: &PositionMap) {

@@ -60,6 +60,12 @@ pub trait Source: Send {
     fn start_offsets(&mut self, topic: &str, start: StartAt) -> Result<Vec<(u32, u64)>>;
     /// Before the first poll: start reading these partitions at these positions.
     fn start_from(&mut self, positions: &PositionMap);
+    /// Positions below which events of newly assigned partitions were already applied (by this
+    /// member before, or by another member of a consumer group): the pipeline raises its plugins'
+    /// positions to them. Empty for the embedded log.
+    fn take_floors(&mut self) -> PositionMap {
+        PositionMap::new()
+    }
     /// Whether the source must give partitions away (a consumer-group rebalance revoked them).
     /// The caller then finishes the events on hand, writes a checkpoint, and calls
     /// [`Source::hand_over`]; no event of a revoked partition is returned in between.

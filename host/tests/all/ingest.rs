@@ -351,5 +351,10 @@ fn a_driver_on_the_extended_protocol_binds_parameters_and_gets_typed_rows() {
         assert!(db.message().contains("weir's SQL is read-only"), "{db:?}");
         let err = client.prepare("SELECT nope FROM orders").await.unwrap_err();
         assert!(err.as_db_error().is_some_and(|e| e.message().contains("nope")), "{err:?}");
+        // A placeholder number past the protocol's limit is refused, not allocated for.
+        let err = client.prepare("SELECT $4000000000").await.unwrap_err();
+        assert!(err.as_db_error().is_some_and(|e| e.message().contains("past the 65535 parameters")), "{err:?}");
+        let n: i64 = client.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
+        assert!(n > 0, "the listener stopped answering after a refused statement");
     });
 }
