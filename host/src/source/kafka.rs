@@ -248,11 +248,14 @@ pub struct KafkaSource {
     config: KafkaConfig,
     ends: Vec<PartitionEnd>,
     ends_read: Option<Instant>,
+    /// Topics to subscribe to at the first poll: joining the group only once the caller polls
+    /// means no rebalance waits on a member that is still finding its plugins' start positions.
+    unsubscribed: Vec<String>,
 }
 
 impl KafkaSource {
-    /// Join the group and subscribe to `topics`. `known` holds the positions weir has
-    /// checkpointed (next offset per partition).
+    /// A member of the group for `topics`; it joins at the first poll. `known` holds the positions
+    /// weir has checkpointed (next offset per partition).
     pub fn new(config: &KafkaConfig, topics: &[String], known: PositionMap) -> Result<Self> {
         let shared = Arc::new(Mutex::new(Shared { checkpointed: known.clone(), known, ..Shared::default() }));
         let mut client = ClientConfig::new();
@@ -278,11 +281,14 @@ impl KafkaSource {
         let consumer: BaseConsumer<GroupContext> = client
             .create_with_context(GroupContext { shared: shared.clone() })
             .map_err(|e| kafka_error("creating the consumer", e))?;
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        if !names.is_empty() {
-            consumer.subscribe(&names).map_err(|e| kafka_error("subscribing", e))?;
-        }
-        Ok(KafkaSource { consumer, shared, config: config.clone(), ends: Vec::new(), ends_read: None })
+        Ok(KafkaSource {
+            consumer,
+            shared,
+            config: config.clone(),
+            ends: Vec::new(),
+            ends_read: None,
+            unsubscribed: topics.to_vec(),
+        })
     }
 
     fn to_event(&self, message: &BorrowedMessage<'_>) -> Event {
@@ -347,6 +353,11 @@ impl KafkaSource {
 impl Source for KafkaSource {
     fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Event>> {
         let mut events = Vec::new();
+        if !self.unsubscribed.is_empty() {
+            let names: Vec<&str> = self.unsubscribed.iter().map(String::as_str).collect();
+            self.consumer.subscribe(&names).map_err(|e| kafka_error("subscribing", e))?;
+            self.unsubscribed.clear();
+        }
         if self.revoking() {
             return Ok(events);
         }
