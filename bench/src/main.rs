@@ -446,6 +446,19 @@ fn embedded_log(events: usize, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     Ok(figures)
 }
 
+/// A host configuration for a scenario: a fresh data directory (returned, for removal), no
+/// Postgres listener, no checkpoint while timed, and the `orders` component.
+fn host_config(scenario: &str, wasm: &Path) -> (PathBuf, weir_host::config::Config) {
+    let dir = std::env::temp_dir().join(format!("weir-bench-{scenario}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = weir_host::config::Config::default();
+    config.server.data_dir = dir.clone();
+    config.server.pg = None;
+    config.checkpoint.interval_ms = 60_000;
+    config.plugins.push(weir_host::config::PluginConfig { path: wasm.to_owned(), params: Default::default(), start: Default::default() });
+    (dir, config)
+}
+
 /// End to end on the embedded log: a host running the orders projection; `events` written to
 /// its log in batches of 10,000; the time from the first write until every event is in the read
 /// model (and published to queries).
@@ -454,13 +467,7 @@ fn end_to_end_embedded(events: usize, repeats: usize) -> anyhow::Result<Figure> 
     let sample = weir_host::sample::OrderStream::take_events(42, 1_000, events);
     let mut rates = Vec::new();
     for _ in 0..repeats {
-        let dir = std::env::temp_dir().join(format!("weir-bench-e2e-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut config = weir_host::config::Config::default();
-        config.server.data_dir = dir.clone();
-        config.server.pg = None;
-        config.checkpoint.interval_ms = 60_000;
-        config.plugins.push(weir_host::config::PluginConfig { path: wasm.clone(), params: Default::default(), start: Default::default() });
+        let (dir, config) = host_config("e2e", &wasm);
         let host = weir_host::server::Host::start(&config)?;
         let started = Instant::now();
         for chunk in sample.chunks(10_000) {
@@ -495,14 +502,8 @@ fn latency_at_rate(rate: usize, seconds: u64, publish_ms: u64) -> anyhow::Result
     let per_batch = (rate / 100).max(1);
     let batches = (seconds * 100) as usize;
     let sample = weir_host::sample::OrderStream::take_events(43, 1_000, per_batch * batches);
-    let dir = std::env::temp_dir().join(format!("weir-bench-latency-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut config = weir_host::config::Config::default();
-    config.server.data_dir = dir.clone();
-    config.server.pg = None;
+    let (dir, mut config) = host_config("latency", &wasm);
     config.server.publish_interval_ms = publish_ms;
-    config.checkpoint.interval_ms = 60_000;
-    config.plugins.push(weir_host::config::PluginConfig { path: wasm, params: Default::default(), start: Default::default() });
     let host = weir_host::server::Host::start(&config)?;
     // Batches sent and not yet visible: (highest offset + 1 per partition, sent at).
     let mut waiting: VecDeque<(Vec<((String, u32), u64)>, Instant)> = VecDeque::new();
@@ -643,14 +644,8 @@ fn kafka_vs_raw(events: usize, repeats: usize) -> anyhow::Result<Option<Comparis
         raw.push(n as f64 / started.elapsed().as_secs_f64());
         anyhow::ensure!(bytes > 0, "empty payloads");
 
-        let dir = std::env::temp_dir().join(format!("weir-bench-kafka-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut config = weir_host::config::Config::default();
-        config.server.data_dir = dir.clone();
-        config.server.pg = None;
-        config.checkpoint.interval_ms = 60_000;
+        let (dir, mut config) = host_config("kafka", &wasm);
         config.kafka = Some(weir_host::source::kafka::KafkaConfig { group_id: format!("weir-{repeat}"), ..kafka.clone() });
-        config.plugins.push(weir_host::config::PluginConfig { path: wasm.clone(), params: Default::default(), start: Default::default() });
         let host = weir_host::server::Host::start(&config)?;
         // Timed from the first event read, so the group join (seconds on tansu) is not counted.
         let read = || host.status.read().map(|s| s.events_read).unwrap_or(0);

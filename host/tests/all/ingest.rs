@@ -11,7 +11,7 @@ use weir_host::pipeline::Pipeline;
 use weir_host::query::{Catalog, QueryLimits, SqlEngine};
 use weir_host::sample::OrderStream;
 
-use crate::support::{WeirProcess, envelope_lines, load, runtime, write_config};
+use crate::support::{WeirProcess, envelope_lines, load, produce_file, runtime, write_config};
 
 pub const ORDERS_CSV: &str = "SELECT * FROM orders ORDER BY order_id";
 // Revenue is a float sum whose order of additions depends on partitioning: compare it rounded.
@@ -211,13 +211,7 @@ fn produce_status_and_bad_input_over_http_and_the_cli() {
     let events = OrderStream::take_events(3, 20, 500);
     let file = dir.path().join("events.jsonl");
     std::fs::write(&file, envelope_lines(&events)).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["produce", "orders", "--url", &url, "--file"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let text = produce_file(&url, "orders", &file);
     assert!(text.starts_with("wrote 500 events to orders\n  orders/0: "), "{text}");
 
     // A bad line refuses the whole batch, naming the line.
@@ -271,14 +265,21 @@ fn produce_status_and_bad_input_over_http_and_the_cli() {
     assert!(alerts > 0, "no alerts were emitted");
 }
 
-#[test]
-fn psql_asks_the_postgres_listener_and_is_refused_writes() {
+/// `weir serve` with the orders projection on a fresh data directory, holding 2,000 generated
+/// events (from `seed`) applied and published.
+fn serve_orders_with_events(seed: u64) -> (tempfile::TempDir, WeirProcess) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &[("orders", "")], "");
     let weir = serve(&config);
-    let events = OrderStream::take_events(9, 50, 2_000);
+    let events = OrderStream::take_events(seed, 50, 2_000);
     assert_eq!(weir.post("/v1/topics/orders/events", &envelope_lines(&events)).0, 200);
     weir.wait_caught_up(2_000);
+    (dir, weir)
+}
+
+#[test]
+fn psql_asks_the_postgres_listener_and_is_refused_writes() {
+    let (_dir, weir) = serve_orders_with_events(9);
     let port = weir.pg_port.expect("the Postgres listener was not announced").to_string();
     let psql = |sql: &str| {
         std::process::Command::new("psql")
@@ -308,12 +309,7 @@ fn psql_asks_the_postgres_listener_and_is_refused_writes() {
 
 #[test]
 fn a_driver_on_the_extended_protocol_binds_parameters_and_gets_typed_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &[("orders", "")], "");
-    let weir = serve(&config);
-    let events = OrderStream::take_events(19, 50, 2_000);
-    assert_eq!(weir.post("/v1/topics/orders/events", &envelope_lines(&events)).0, 200);
-    weir.wait_caught_up(2_000);
+    let (_dir, weir) = serve_orders_with_events(19);
     let port = weir.pg_port.expect("the Postgres listener was not announced");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {

@@ -292,13 +292,7 @@ fn weir_produce_writes_to_kafka_with_cloudevents_headers() {
     let (orders_truth, _) = truth(&events);
     let file = dir.path().join("events.jsonl");
     std::fs::write(&file, crate::support::envelope_lines(&events)).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["produce", "orders", "--url", &format!("http://{}", weir.http), "--file"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let text = crate::support::produce_file(&format!("http://{}", weir.http), "orders", &file);
     assert!(text.starts_with("wrote 3000 events to orders\n"), "{text}");
     // Through the broker and back: the same tables as a direct run.
     eventually(120, || weir.sql_csv(ORDERS_CSV), |csv| *csv == orders_truth);

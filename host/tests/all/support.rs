@@ -231,6 +231,18 @@ pub fn envelope_lines(events: &[Event]) -> Vec<u8> {
     out
 }
 
+/// `weir produce TOPIC --url URL --file FILE` run to success; its standard output.
+pub fn produce_file(url: &str, topic: &str, file: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["produce", topic, "--url", url, "--file"])
+        .arg(file)
+        .output()
+        .expect("running weir produce");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "weir produce failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
 /// A config file in `dir` running `plugins` (name, params) on the embedded log.
 pub fn write_config(dir: &Path, plugins: &[(&str, &str)], extra: &str) -> PathBuf {
     let mut text = format!(
