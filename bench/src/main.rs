@@ -15,10 +15,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use weir_core::row::RowChanges;
 
 use clap::Parser;
-use weir_host::plugin::{Limits, PluginRuntime};
 use weir_host::sample::OrderStream;
+use weir_runtime::{Limits, PluginRuntime};
 
 // The same allocator as the `weir` binary, so the figures are the product's.
 #[global_allocator]
@@ -107,7 +108,10 @@ struct Machine {
 fn machine() -> Machine {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
         .unwrap_or_else(|| "unknown".into());
     Machine {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -117,7 +121,7 @@ fn machine() -> Machine {
     }
 }
 
-fn to_sdk_event(e: &weir_host::event::Event) -> weir_sdk::Event {
+fn to_sdk_event(e: &weir_core::event::Event) -> weir_sdk::Event {
     weir_sdk::Event {
         id: e.id.clone(),
         event_type: e.event_type.clone(),
@@ -186,8 +190,8 @@ fn wasm_vs_native(events: usize, repeats: usize, batch: usize) -> anyhow::Result
     })
 }
 
-fn orders_schema() -> weir_host::row::TableSchema {
-    use weir_host::row::{Column, ColumnType, TableSchema};
+fn orders_schema() -> weir_core::row::TableSchema {
+    use weir_core::row::{Column, ColumnType, TableSchema};
     let column = |name: &str, kind, nullable| Column { name: name.into(), kind, nullable };
     TableSchema {
         name: "orders".into(),
@@ -204,8 +208,8 @@ fn orders_schema() -> weir_host::row::TableSchema {
     }
 }
 
-fn order_row(i: u64, round: u64) -> Vec<weir_host::row::Value> {
-    use weir_host::row::Value;
+fn order_row(i: u64, round: u64) -> Vec<weir_core::row::Value> {
+    use weir_core::row::Value;
     let status = ["placed", "paid", "shipped", "cancelled"][((i + round) % 4) as usize];
     vec![
         Value::String(format!("o-{i:09}")),
@@ -236,9 +240,10 @@ fn reset_peak_rss() -> bool {
 /// Upserts into a read-model table, its memory, and SQL latency over it.
 fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     use std::sync::Arc;
-    use weir_host::query::{Catalog, QueryLimits, SqlEngine};
-    use weir_host::readmodel::ReadModel;
+    use weir_sql::query::{Catalog, QueryLimits, SqlEngine};
+    use weir_sql::readmodel::ReadModel;
 
+    let schema = [orders_schema()];
     let (mut insert_rates, mut update_rates) = (Vec::new(), Vec::new());
     let mut last = None;
     let mut peak_growth = None;
@@ -252,8 +257,8 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
             for i in 0..rows {
                 // Updates touch keys in a scattered order, as real traffic does.
                 let key = if round == 0 { i } else { (i * 7_919) % rows };
-                let change = weir_host::row::RowChange::Upsert { table: "orders".into(), row: order_row(key, round) };
-                model.apply(vec![change])?;
+                let change = weir_core::row::RowChange::Upsert { table: "orders".into(), row: order_row(key, round) };
+                model.apply(RowChanges::check(&schema, vec![change]).map_err(anyhow::Error::msg)?)?;
                 if i % 100_000 == 99_999 {
                     model.snapshot()?;
                 }
@@ -270,7 +275,7 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
 
     let table_bytes: usize = model.tables().map(|t| t.arrow_bytes()).sum();
     let snapshot = model.snapshot()?;
-    let raw = weir_host::readmodel::raw_arrow_bytes(&snapshot.tables[0])?;
+    let raw = weir_sql::readmodel::raw_arrow_bytes(&snapshot.tables[0])?;
     eprintln!("readmodel: {rows} rows, table holds {table_bytes} bytes of Arrow buffers, raw Arrow of its rows {raw}");
 
     // Checkpoint write (Arrow IPC file, synced) and restore (read back, key index rebuilt).
@@ -280,7 +285,7 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     let (mut writes, mut restores) = (Vec::new(), Vec::new());
     for _ in 0..repeats {
         let started = Instant::now();
-        weir_host::readmodel::write_table_file(&snapshot.tables[0], &file)?;
+        weir_sql::readmodel::write_table_file(&snapshot.tables[0], &file)?;
         writes.push(started.elapsed().as_secs_f64() * 1000.0);
         let started = Instant::now();
         let mut restored = ReadModel::new("bench", &[orders_schema()]);
@@ -316,6 +321,7 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     let ingest = {
         let (stop, catalog) = (stop.clone(), engine.catalog().clone());
         std::thread::spawn(move || -> anyhow::Result<f64> {
+            let schema = [orders_schema()];
             let started = Instant::now();
             let mut applied = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -323,7 +329,8 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
                 for _ in 0..10_000 {
                     let key = (applied * 7_919) % rows;
                     let row = order_row(key, 2 + applied / rows);
-                    model.apply(vec![weir_host::row::RowChange::Upsert { table: "orders".into(), row }])?;
+                    let change = weir_core::row::RowChange::Upsert { table: "orders".into(), row };
+                    model.apply(RowChanges::check(&schema, vec![change]).map_err(anyhow::Error::msg)?)?;
                     applied += 1;
                 }
                 catalog.publish(model.snapshot()?);
@@ -341,7 +348,16 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
 
     let rate = |metric: &str, samples: Vec<f64>, goal| {
         let r = Rate::of(samples);
-        Figure { scenario: "readmodel", metric: metric.into(), unit: "rows/s", median: r.median, low: r.min, high: r.max, spread: "min–max", goal }
+        Figure {
+            scenario: "readmodel",
+            metric: metric.into(),
+            unit: "rows/s",
+            median: r.median,
+            low: r.min,
+            high: r.max,
+            spread: "min–max",
+            goal,
+        }
     };
     let ms = |metric: &str, s: &[f64], goal| Figure {
         scenario: "readmodel",
@@ -382,21 +398,43 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
         ms(&format!("SQL point lookup over {rows} rows (no ingest)"), &point, ""),
         ms(&format!("SQL group-by over {rows} rows (no ingest)"), &group, ""),
         ms(&format!("SQL point lookup, {rows} rows, {:.0}k upserts/s ingest", ingest_rate / 1000.0), &point_ingest, ""),
-        ms(&format!("SQL group-by, {rows} rows, {:.0}k upserts/s ingest", ingest_rate / 1000.0), &group_ingest, "p99 < 50"),
+        ms(
+            &format!("SQL group-by, {rows} rows, {:.0}k upserts/s ingest", ingest_rate / 1000.0),
+            &group_ingest,
+            "p99 < 50",
+        ),
         {
             let r = Rate::of(writes);
-            Figure { scenario: "checkpoint", metric: format!("write {rows} rows (Arrow IPC, fsync)"), unit: "ms", median: r.median, low: r.min, high: r.max, spread: "min–max", goal: "" }
+            Figure {
+                scenario: "checkpoint",
+                metric: format!("write {rows} rows (Arrow IPC, fsync)"),
+                unit: "ms",
+                median: r.median,
+                low: r.min,
+                high: r.max,
+                spread: "min–max",
+                goal: "",
+            }
         },
         {
             let r = Rate::of(restores);
-            Figure { scenario: "checkpoint", metric: format!("restore {rows} rows (read + key index)"), unit: "ms", median: r.median, low: r.min, high: r.max, spread: "min–max", goal: "< 2000" }
+            Figure {
+                scenario: "checkpoint",
+                metric: format!("restore {rows} rows (read + key index)"),
+                unit: "ms",
+                median: r.median,
+                low: r.min,
+                high: r.max,
+                spread: "min–max",
+                goal: "< 2000",
+            }
         },
     ])
 }
 
 /// The embedded log: append and read rates of ~200-byte events in batches of 1,000.
 fn embedded_log(events: usize, repeats: usize) -> anyhow::Result<Vec<Figure>> {
-    use weir_host::log::{EmbeddedLog, FsyncPolicy, LogConfig};
+    use weir_log::{EmbeddedLog, FsyncPolicy, LogConfig};
     let sample = weir_host::sample::OrderStream::take_events(42, 1_000, events);
     let mut figures = Vec::new();
     for fsync in [FsyncPolicy::Always, FsyncPolicy::Never] {
@@ -455,7 +493,11 @@ fn host_config(scenario: &str, wasm: &Path) -> (PathBuf, weir_host::config::Conf
     config.server.data_dir = dir.clone();
     config.server.pg = None;
     config.checkpoint.interval_ms = 60_000;
-    config.plugins.push(weir_host::config::PluginConfig { path: wasm.to_owned(), params: Default::default(), start: Default::default() });
+    config.plugins.push(weir_host::config::PluginConfig {
+        path: wasm.to_owned(),
+        params: Default::default(),
+        start: Default::default(),
+    });
     (dir, config)
 }
 
@@ -506,10 +548,11 @@ fn latency_at_rate(rate: usize, seconds: u64, publish_ms: u64) -> anyhow::Result
     config.server.publish_interval_ms = publish_ms;
     let host = weir_host::server::Host::start(&config)?;
     // Batches sent and not yet visible: (highest offset + 1 per partition, sent at).
-    let mut waiting: VecDeque<(Vec<((String, u32), u64)>, Instant)> = VecDeque::new();
+    type Sent = (Vec<((String, u32), u64)>, Instant);
+    let mut waiting: VecDeque<Sent> = VecDeque::new();
     let mut latencies = Vec::with_capacity(batches);
     let started = Instant::now();
-    let visible = |waiting: &mut VecDeque<(Vec<((String, u32), u64)>, Instant)>, latencies: &mut Vec<f64>| {
+    let visible = |waiting: &mut VecDeque<Sent>, latencies: &mut Vec<f64>| {
         let status = host.status.read().unwrap_or_else(|e| e.into_inner());
         while let Some((needs, sent)) = waiting.front() {
             let done = needs.iter().all(|((topic, partition), next)| {
@@ -584,7 +627,15 @@ fn kafka_vs_raw(events: usize, repeats: usize) -> anyhow::Result<Option<Comparis
     let url = format!("tcp://127.0.0.1:{port}");
     let _broker = Broker(
         std::process::Command::new(tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?,
@@ -595,10 +646,10 @@ fn kafka_vs_raw(events: usize, repeats: usize) -> anyhow::Result<Option<Comparis
         anyhow::ensure!(started.elapsed().as_secs() < 20, "tansu did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let kafka = weir_host::source::kafka::KafkaConfig {
+    let kafka = weir_kafka::KafkaConfig {
         brokers: brokers.clone(),
         group_id: "bench".into(),
-        start: weir_host::source::kafka::StartPosition::Earliest,
+        start: weir_kafka::StartPosition::Earliest,
         session_timeout_ms: Some(6000),
         type_field: "type".into(),
         id_field: "id".into(),
@@ -614,9 +665,9 @@ fn kafka_vs_raw(events: usize, repeats: usize) -> anyhow::Result<Option<Comparis
             r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
         }
     }
-    let sink = weir_host::source::kafka::KafkaSink::new(&kafka)?;
+    let sink = weir_kafka::KafkaSink::new(&kafka)?;
     for chunk in weir_host::sample::OrderStream::take_events(42, 1_000, events).chunks(10_000) {
-        use weir_host::source::EventSink;
+        use weir_core::source::EventSink;
         sink.append("orders", chunk.to_vec())?;
     }
     let wasm = weir_host::build::build_plugin(&weir_host::demo::plugins_dir().join("orders"))?;
@@ -645,7 +696,7 @@ fn kafka_vs_raw(events: usize, repeats: usize) -> anyhow::Result<Option<Comparis
         anyhow::ensure!(bytes > 0, "empty payloads");
 
         let (dir, mut config) = host_config("kafka", &wasm);
-        config.kafka = Some(weir_host::source::kafka::KafkaConfig { group_id: format!("weir-{repeat}"), ..kafka.clone() });
+        config.kafka = Some(weir_kafka::KafkaConfig { group_id: format!("weir-{repeat}"), ..kafka.clone() });
         let host = weir_host::server::Host::start(&config)?;
         // Timed from the first event read, so the group join (seconds on tansu) is not counted.
         let read = || host.status.read().map(|s| s.events_read).unwrap_or(0);
@@ -707,7 +758,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    println!("\n{:<16} {:<10} {:>34} {:>34} {:>7} {:>6}", "scenario", "unit", "weir (median, min–max)", "baseline (median, min–max)", "ratio", "goal");
+    println!(
+        "\n{:<16} {:<10} {:>34} {:>34} {:>7} {:>6}",
+        "scenario", "unit", "weir (median, min–max)", "baseline (median, min–max)", "ratio", "goal"
+    );
     for c in &comparisons {
         println!(
             "{:<16} {:<10} {:>34} {:>34} {:>7.2} {:>6}",
@@ -719,7 +773,7 @@ fn main() -> anyhow::Result<()> {
             format!("≥{}", c.goal)
         );
     }
-    println!("\n{:<10} {:<52} {:>12} {:>26} {:<8} {}", "scenario", "metric", "median", "spread", "unit", "goal");
+    println!("\n{:<10} {:<52} {:>12} {:>26} {:<8} goal", "scenario", "metric", "median", "spread", "unit");
     for f in &figures {
         println!(
             "{:<10} {:<52} {:>12.2} {:>26} {:<8} {}",

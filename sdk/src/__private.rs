@@ -4,11 +4,11 @@
 use std::marker::PhantomData;
 
 pub use crate::bindings::{handler, projection};
-pub use serde;
 use crate::bindings::{tables as wit_tables, types as wit_types};
 use crate::{ColumnType, Event, Handler, OutgoingEvent, Position, Projection, RowChange, Timestamp, Value};
 use handler::exports::weir::plugin::reactor;
 use projection::exports::weir::plugin::projector;
+pub use serde;
 
 /// Implements the `projector` export for a [`Projection`].
 pub struct ProjectionExport<P>(PhantomData<P>);
@@ -115,12 +115,14 @@ fn value_to_wit(v: Value) -> wit_tables::Value {
 
 fn change_to_wit(c: RowChange) -> wit_tables::RowChange {
     match c {
-        RowChange::Upsert { table, row } => {
-            wit_tables::RowChange::Upsert(wit_tables::Upsert { table, row: row.into_iter().map(value_to_wit).collect() })
-        }
-        RowChange::Delete { table, key } => {
-            wit_tables::RowChange::Delete(wit_tables::Delete { table, key: key.into_iter().map(value_to_wit).collect() })
-        }
+        RowChange::Upsert { table, row } => wit_tables::RowChange::Upsert(wit_tables::Upsert {
+            table,
+            row: row.into_iter().map(value_to_wit).collect(),
+        }),
+        RowChange::Delete { table, key } => wit_tables::RowChange::Delete(wit_tables::Delete {
+            table,
+            key: key.into_iter().map(value_to_wit).collect(),
+        }),
     }
 }
 

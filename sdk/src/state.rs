@@ -58,8 +58,8 @@ impl StateTxn {
     }
 
     pub(crate) fn put<T: Serialize>(&mut self, key: &str, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| Error::msg(format!("state entry {key:?} does not encode: {e}")))?;
+        let bytes =
+            serde_json::to_vec(value).map_err(|e| Error::msg(format!("state entry {key:?} does not encode: {e}")))?;
         self.put_bytes(key.as_bytes(), bytes);
         Ok(())
     }

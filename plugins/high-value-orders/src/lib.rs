@@ -36,7 +36,9 @@ impl Handler for HighValueOrders {
 
     fn handle(ctx: &mut HandlerCtx<'_>, event: &Event) -> Result<()> {
         let threshold = match ctx.param("threshold") {
-            Some(text) => text.parse::<f64>().map_err(|e| weir_sdk::Error::msg(format!("parameter threshold={text:?}: {e}")))?,
+            Some(text) => {
+                text.parse::<f64>().map_err(|e| weir_sdk::Error::msg(format!("parameter threshold={text:?}: {e}")))?
+            }
             None => 1000.0,
         };
         let placed: OrderPlaced = event.json()?;

@@ -1,0 +1,294 @@
+//! What a plugin instance can reach: the store data behind every instance, the WASI context it
+//! gets (nothing from the outside world), and the host imports (`log`, `param`, keyed `state`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::Limits;
+use crate::bindings::{host, state, tables, types};
+
+/// Longest state key a plugin may write.
+const MAX_STATE_KEY: usize = 4 * 1024;
+/// Longest plugin log line kept; the rest is cut.
+const MAX_LOG_LINE: usize = 8 * 1024;
+/// Log lines kept per call; the rest are counted and reported once.
+const MAX_LOGS_PER_CALL: usize = 1_000;
+/// What stdout and stderr together may hold before the instance is recycled.
+pub(crate) const OUTPUT_PIPE_BYTES: usize = 1024 * 1024;
+
+/// A plugin's durable keyed state. Writes of the running call sit in `pending` until the call
+/// returns (commit) or traps (rollback), so a trap never leaves half of a batch behind.
+#[derive(Debug, Default)]
+pub struct KeyedState {
+    committed: HashMap<Vec<u8>, Vec<u8>>,
+    committed_bytes: usize,
+    pending: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    pending_bytes: usize,
+}
+
+impl KeyedState {
+    /// The committed value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.committed.get(key).map(Vec::as_slice)
+    }
+
+    /// Number of committed entries.
+    pub fn len(&self) -> usize {
+        self.committed.len()
+    }
+
+    /// True when there is no committed entry.
+    pub fn is_empty(&self) -> bool {
+        self.committed.is_empty()
+    }
+
+    /// Bytes of committed keys and values.
+    pub fn bytes(&self) -> usize {
+        self.committed_bytes
+    }
+
+    /// Every committed entry, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.committed.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
+    /// State holding exactly these entries (as restored from a checkpoint).
+    pub fn from_entries(entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Self {
+        let mut state = KeyedState::default();
+        for (key, value) in entries {
+            state.committed_bytes += key.len() + value.len();
+            if let Some(old) = state.committed.insert(key.clone(), value) {
+                state.committed_bytes -= key.len() + old.len();
+            }
+        }
+        state
+    }
+
+    fn read(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self.pending.get(key) {
+            Some(written) => written.clone(),
+            None => self.committed.get(key).cloned(),
+        }
+    }
+
+    pub(crate) fn commit(&mut self) {
+        for (key, value) in self.pending.drain() {
+            let key_len = key.len();
+            let old = match value {
+                Some(value) => {
+                    self.committed_bytes += key_len + value.len();
+                    self.committed.insert(key, value)
+                }
+                None => self.committed.remove(&key),
+            };
+            if let Some(old) = old {
+                self.committed_bytes -= key_len + old.len();
+            }
+        }
+        self.pending_bytes = 0;
+    }
+
+    pub(crate) fn rollback(&mut self) {
+        self.pending.clear();
+        self.pending_bytes = 0;
+    }
+}
+
+/// The data of one plugin instance's store.
+pub(crate) struct PluginStore {
+    wasi: WasiCtx,
+    resources: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) state: KeyedState,
+    pub(crate) output: MemoryOutputPipe,
+    params: Arc<BTreeMap<String, String>>,
+    /// `name@version`, for log lines.
+    label: Arc<str>,
+    max_state_bytes: usize,
+    logs_this_call: usize,
+}
+
+impl PluginStore {
+    pub(crate) fn new(
+        label: Arc<str>,
+        params: Arc<BTreeMap<String, String>>,
+        caps: &Limits,
+        state: KeyedState,
+    ) -> Self {
+        let output = MemoryOutputPipe::new(OUTPUT_PIPE_BYTES);
+        // No preopened directories, environment, arguments, network or name lookup; clocks that
+        // stand still and a fixed-seed random stream, so a plugin cannot tell one run from another.
+        let wasi = WasiCtx::builder()
+            .stdout(output.clone())
+            .stderr(output.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .wall_clock(StoppedClock)
+            .monotonic_clock(StoppedClock)
+            .secure_random(FixedSeedRandom::default())
+            .insecure_random(FixedSeedRandom::default())
+            .insecure_random_seed(0)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(caps.memory_bytes)
+            .trap_on_grow_failure(true)
+            .instances(16)
+            .tables(64)
+            .memories(4)
+            .build();
+        PluginStore {
+            wasi,
+            resources: ResourceTable::new(),
+            limits,
+            state,
+            output,
+            params,
+            label,
+            max_state_bytes: caps.state_bytes,
+            logs_this_call: 0,
+        }
+    }
+
+    /// Everything written to stdout/stderr so far.
+    pub(crate) fn output_text(&self) -> String {
+        String::from_utf8_lossy(&self.output.contents()).into_owned()
+    }
+
+    pub(crate) fn start_call(&mut self) {
+        self.logs_this_call = 0;
+    }
+
+    pub(crate) fn end_call(&mut self) {
+        if self.logs_this_call > MAX_LOGS_PER_CALL {
+            tracing::warn!(plugin = %self.label, dropped = self.logs_this_call - MAX_LOGS_PER_CALL, "plugin log lines dropped");
+        }
+    }
+}
+
+impl WasiView for PluginStore {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.resources }
+    }
+}
+
+impl types::Host for PluginStore {}
+impl crate::bindings::handler::weir::plugin::types::Host for PluginStore {}
+impl tables::Host for PluginStore {}
+
+impl host::Host for PluginStore {
+    fn log(&mut self, level: host::LogLevel, mut message: String) -> wasmtime::Result<()> {
+        self.logs_this_call += 1;
+        if self.logs_this_call > MAX_LOGS_PER_CALL {
+            return Ok(());
+        }
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(" [cut]");
+        }
+        let plugin = &*self.label;
+        match level {
+            host::LogLevel::Trace => tracing::trace!(target: "weir::plugin", plugin, "{message}"),
+            host::LogLevel::Debug => tracing::debug!(target: "weir::plugin", plugin, "{message}"),
+            host::LogLevel::Info => tracing::info!(target: "weir::plugin", plugin, "{message}"),
+            host::LogLevel::Warn => tracing::warn!(target: "weir::plugin", plugin, "{message}"),
+            host::LogLevel::Error => tracing::error!(target: "weir::plugin", plugin, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn param(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.params.get(&name).cloned())
+    }
+}
+
+impl state::Host for PluginStore {
+    fn get(&mut self, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.state.read(&key))
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
+        if key.len() > MAX_STATE_KEY {
+            wasmtime::bail!("state key of {} bytes is over the limit of {MAX_STATE_KEY}", key.len());
+        }
+        let added = key.len() + value.len();
+        let total = self.state.committed_bytes + self.state.pending_bytes + added;
+        if total > self.max_state_bytes {
+            wasmtime::bail!("state would grow to {total} bytes, over the limit of {}", self.max_state_bytes);
+        }
+        self.state.pending_bytes += added;
+        self.state.pending.insert(key, Some(value));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
+        self.state.pending.insert(key, None);
+        Ok(())
+    }
+}
+
+/// A wall and monotonic clock fixed at zero.
+struct StoppedClock;
+
+impl wasmtime_wasi::HostWallClock for StoppedClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(1)
+    }
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for StoppedClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// A deterministic random stream (splitmix64 from a fixed seed): the same for every instance.
+#[derive(Default)]
+struct FixedSeedRandom {
+    state: u64,
+}
+
+impl FixedSeedRandom {
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+impl rand_core::TryRng for FixedSeedRandom {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.next() as u32)
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(self.next())
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in dst.chunks_mut(8) {
+            let bytes = self.next().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,238 @@
+//! The host's configuration: built-in defaults, under the user's TOML file, under `WEIR_*`
+//! environment variables. Unknown keys are errors; every error names the file, line and key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::checkpoint::CheckpointConfig;
+use weir_core::event::StartAt;
+use weir_kafka::KafkaConfig;
+use weir_log::LogConfig;
+use weir_runtime::Limits;
+use weir_sql::query::QueryLimits;
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid for weir.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// An environment variable has a bad value.
+    #[error("environment variable {name}={value:?}: {message}")]
+    Env {
+        /// Variable name.
+        name: String,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A `Result` with a [`ConfigError`].
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the host listens and keeps its data.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Caps every plugin runs under.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Limits every SQL query runs under.
+    #[serde(default)]
+    pub query: QueryLimits,
+    /// The embedded log (the source when no `[kafka]` section is given).
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Checkpoint cadence and retention.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// Kafka / Redpanda: when present, the source and the sink instead of the embedded log.
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
+    /// The plugins to load.
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<PluginConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTP listen address (loopback by default). Env: `WEIR_HTTP`.
+    pub http: SocketAddr,
+    /// Data directory (checkpoints, embedded log, compiled-plugin cache). Env: `WEIR_DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// Events per plugin call.
+    pub batch_size: usize,
+    /// Longest time, in milliseconds, between an event being applied and queries seeing it.
+    pub publish_interval_ms: u64,
+    /// Postgres wire-protocol listen address (loopback by default); omit to turn it off.
+    /// Env: `WEIR_PG`.
+    pub pg: Option<SocketAddr>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            http: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("data"),
+            batch_size: 1024,
+            publish_interval_ms: 100,
+            pg: Some(SocketAddr::from(([127, 0, 0, 1], 5433))),
+        }
+    }
+}
+
+/// `[[plugin]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// A `.wasm` component, or a plugin crate directory that weir builds first. Relative paths
+    /// are relative to the config file.
+    pub path: PathBuf,
+    /// Parameters the plugin reads with `param(name)`.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Where the plugin starts when it has no checkpoint of its own: `"earliest"` (default),
+    /// `"latest"`, or an RFC 3339 time.
+    #[serde(default)]
+    pub start: StartAt,
+}
+
+impl Config {
+    /// Parse a config file's text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            let before = &text[..offset.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().trim().to_string() }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for plugin in &mut config.plugins {
+            if plugin.path.is_relative() {
+                plugin.path = base.join(&plugin.path);
+            }
+        }
+        if config.server.data_dir.is_relative() {
+            config.server.data_dir = base.join(&config.server.data_dir);
+        }
+        Ok(config)
+    }
+
+    /// Read and parse a config file, then apply `WEIR_*` overrides.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config = Config::parse(path, &text)?;
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    /// Apply `WEIR_HTTP`, `WEIR_PG` (an address, or `off`) and `WEIR_DATA_DIR`.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(value) = var("WEIR_HTTP") {
+            self.server.http = value.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                name: "WEIR_HTTP".into(),
+                value: value.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        if let Some(value) = var("WEIR_PG") {
+            self.server.pg = if value.is_empty() || value == "off" {
+                None
+            } else {
+                Some(value.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                    name: "WEIR_PG".into(),
+                    value: value.clone(),
+                    message: e.to_string(),
+                })?)
+            };
+        }
+        if let Some(value) = var("WEIR_DATA_DIR") {
+            self.server.data_dir = PathBuf::from(value);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = Config::parse(Path::new("weir.toml"), "[server]\nhttp = \"127.0.0.1:1\"\nhtpp = 3\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("weir.toml:3:1: unknown field `htpp`"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_plugin_start_names_line_and_value() {
+        let text = "[[plugin]]\npath = \"a.wasm\"\nstart = \"2026-11-01T00:00:00Z\"\n\n[[plugin]]\npath = \"b.wasm\"\nstart = \"soon\"\n";
+        let err = Config::parse(Path::new("weir.toml"), text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("weir.toml:7:9: start \"soon\" is not \"earliest\", \"latest\" or an RFC 3339 time"),
+            "{err}"
+        );
+        let ok = Config::parse(Path::new("weir.toml"), &text.replace("soon", "latest")).unwrap();
+        assert_eq!(ok.plugins[0].start, StartAt::Time(1_793_491_200_000_000));
+        assert_eq!(ok.plugins[1].start, StartAt::Latest);
+    }
+
+    #[test]
+    fn plugin_paths_are_relative_to_the_file() {
+        let config =
+            Config::parse(Path::new("config/weir.toml"), "[[plugin]]\npath = \"../plugins/orders\"\n").unwrap();
+        assert_eq!(config.plugins[0].path, Path::new("config/../plugins/orders"));
+    }
+
+    #[test]
+    fn the_shipped_configs_parse() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/weir.toml"));
+        let config = Config::parse(path, include_str!("../../../config/weir.toml")).unwrap();
+        assert_eq!(config.plugins.len(), 2);
+        assert_eq!(config.limits, Limits::default());
+        assert!(config.server.http.ip().is_loopback());
+        assert!(config.kafka.is_none());
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/redpanda.toml"));
+        let config = Config::parse(path, include_str!("../../../config/redpanda.toml")).unwrap();
+        let kafka = config.kafka.unwrap();
+        assert_eq!((kafka.brokers.as_str(), kafka.group_id.as_str()), ("127.0.0.1:9092", "weir"));
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let mut config = Config::default();
+        config.apply_env(|n| (n == "WEIR_HTTP").then(|| "127.0.0.1:9999".to_string())).unwrap();
+        assert_eq!(config.server.http.port(), 9999);
+        let err = config.apply_env(|n| (n == "WEIR_HTTP").then(|| "nope".to_string())).unwrap_err();
+        assert!(err.to_string().contains("WEIR_HTTP=\"nope\""), "{err}");
+    }
+}

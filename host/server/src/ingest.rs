@@ -1,0 +1,451 @@
+//! The ingest loop: source → pipeline (plugins, read models) → sink for emitted events →
+//! snapshots for queries → checkpoints. It runs on a thread of its own; queries and the API only
+//! read what it publishes.
+//!
+//! **Architecture Invariant:** a checkpoint is taken only between batches and only when every
+//! event handlers emitted so far has been written, so a restart from it neither loses nor
+//! re-applies an event, and never loses an emitted one.
+//! **Architecture Invariant:** partitions a rebalance revokes are handed over only after a
+//! checkpoint holding every event processed from them, at that checkpoint's positions.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::{self, CheckpointConfig, CheckpointError, CheckpointStore, WriteStats};
+use crate::pipeline::Pipeline;
+use crate::status::{CheckpointStatus, Lag, StatusBoard};
+use weir_core::event::{Event, PositionMap};
+use weir_core::source::{EventSink, Source};
+
+/// Longest a hand-over waits for emitted events to be written before giving partitions away at
+/// the previous checkpoint.
+const HANDOVER_WAIT: Duration = Duration::from_secs(30);
+
+/// How the loop paces itself.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// Events per poll and plugin call.
+    pub batch_size: usize,
+    /// Longest time between a change and the snapshot queries see.
+    pub publish_interval: Duration,
+    /// Checkpoint cadence and retention.
+    pub checkpoint: CheckpointConfig,
+}
+
+/// The loop and what it owns.
+pub struct Ingest {
+    pipeline: Pipeline,
+    source: Box<dyn Source>,
+    sink: Arc<dyn EventSink>,
+    checkpoints: CheckpointStore,
+    settings: IngestSettings,
+    status: StatusBoard,
+}
+
+/// A checkpoint being written in the background.
+struct Writing {
+    done: mpsc::Receiver<checkpoint::Result<WriteStats>>,
+    positions: PositionMap,
+}
+
+/// What the loop carries from one turn to the next.
+struct Turn {
+    /// Events handlers emitted that are not written yet; nothing is polled until they are.
+    pending: Vec<Event>,
+    events_read: u64,
+    /// Plugins' start positions are found and checkpointed.
+    starts_resolved: bool,
+    /// Start positions were found but the checkpoint holding them is not written yet.
+    starts_unsaved: bool,
+    /// Something changed since the last publish.
+    dirty: bool,
+    /// Something changed that no finished or running checkpoint holds (set again when one fails,
+    /// so a failed checkpoint is retried at the next interval and at shutdown).
+    unsaved: bool,
+    last_publish: Instant,
+    last_report: Instant,
+    last_checkpoint: Instant,
+    writing: Option<Writing>,
+    source_error: Option<String>,
+    backoff: Duration,
+}
+
+impl Turn {
+    fn new() -> Self {
+        let now = Instant::now();
+        Turn {
+            pending: Vec::new(),
+            events_read: 0,
+            starts_resolved: false,
+            starts_unsaved: false,
+            dirty: true,
+            unsaved: false,
+            last_publish: now,
+            last_report: now,
+            last_checkpoint: now,
+            writing: None,
+            source_error: None,
+            backoff: BACKOFF_MIN,
+        }
+    }
+
+    /// Sleep before retrying something that failed, longer each time up to [`BACKOFF_MAX`].
+    fn back_off(&mut self) {
+        std::thread::sleep(self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// Record a failure of the source; logged once per distinct message.
+    fn source_failed(&mut self, message: String, what: &str) {
+        if self.source_error.as_deref() != Some(&message) {
+            tracing::warn!(error = %message, "{what}; retrying");
+        }
+        self.source_error = Some(message);
+    }
+}
+
+/// First and longest wait before retrying the source or the sink.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+impl Ingest {
+    /// A loop over these parts; `status` is updated as it runs.
+    pub fn new(
+        pipeline: Pipeline,
+        source: Box<dyn Source>,
+        sink: Arc<dyn EventSink>,
+        checkpoints: CheckpointStore,
+        settings: IngestSettings,
+        status: StatusBoard,
+    ) -> Self {
+        Ingest { pipeline, source, sink, checkpoints, settings, status }
+    }
+
+    /// Run until `stop` is set, then write a last checkpoint. Returns the pipeline.
+    ///
+    /// Each turn: find plugins' start positions (once); write what handlers emitted (nothing is
+    /// polled while some is unwritten); poll and process a batch; hand revoked partitions over;
+    /// publish snapshots; collect a finished checkpoint; start the next one when it is due.
+    pub fn run(mut self, stop: &AtomicBool) -> Pipeline {
+        let mut turn = Turn::new();
+        self.report(&turn);
+        while !stop.load(Ordering::Relaxed) {
+            if !turn.starts_resolved && !self.resolve_starts(&mut turn) {
+                turn.back_off();
+                continue;
+            }
+            if !self.write_pending(&mut turn) {
+                turn.back_off();
+                self.report(&turn);
+                continue;
+            }
+            self.poll_and_process(&mut turn);
+            if self.source.group().is_some_and(|g| g.revoking()) {
+                self.hand_over(&mut turn, stop);
+            }
+            self.publish_when_due(&mut turn);
+            self.collect_checkpoint(&mut turn, false);
+            if turn.writing.is_none()
+                && turn.unsaved
+                && turn.last_checkpoint.elapsed() >= Duration::from_millis(self.settings.checkpoint.interval_ms.max(1))
+            {
+                self.start_checkpoint(&mut turn);
+            }
+        }
+        self.shut_down(turn)
+    }
+
+    /// Shutdown: let a running checkpoint finish, write what handlers emitted, then write a last
+    /// checkpoint if anything is unsaved.
+    fn shut_down(mut self, mut turn: Turn) -> Pipeline {
+        self.collect_checkpoint(&mut turn, true);
+        if !self.write_pending(&mut turn) {
+            tracing::error!(
+                pending = turn.pending.len(),
+                "emitted events could not be written; no final checkpoint, so they are emitted again on restart"
+            );
+        } else if turn.unsaved {
+            self.checkpoint_now(&mut turn);
+        }
+        if let Err(e) = self.pipeline.publish() {
+            tracing::error!(error = %e, "publishing snapshots failed");
+        }
+        self.report(&turn);
+        self.pipeline
+    }
+
+    /// Plugins that start at the latest event or at a time: find where, tell the source, and make
+    /// it durable before the first event, so a crash cannot move their start. Returns whether
+    /// that is done.
+    fn resolve_starts(&mut self, turn: &mut Turn) -> bool {
+        let wanted = self.pipeline.starts_to_resolve();
+        for (topic, start) in &wanted {
+            match self.source.start_offsets(topic, *start) {
+                Ok(offsets) => {
+                    self.pipeline.resolve_start(topic, *start, &offsets);
+                    turn.starts_unsaved = true;
+                }
+                Err(e) => {
+                    turn.source_failed(
+                        format!("finding where {start} is in topic {topic}: {e}"),
+                        "finding plugins' start positions failed",
+                    );
+                    self.report(turn);
+                    return false;
+                }
+            }
+        }
+        if turn.starts_unsaved {
+            self.source.start_from(&self.pipeline.known_positions());
+            turn.unsaved = true;
+            if self.checkpoint_now(turn).is_none() {
+                turn.source_failed(
+                    "writing the checkpoint of the plugins' start positions failed".into(),
+                    "checkpointing plugins' start positions failed",
+                );
+                self.report(turn);
+                return false;
+            }
+            turn.starts_unsaved = false;
+        }
+        turn.starts_resolved = true;
+        true
+    }
+
+    /// Write the events handlers emitted; returns whether none is left unwritten.
+    fn write_pending(&mut self, turn: &mut Turn) -> bool {
+        if !turn.pending.is_empty() {
+            turn.pending = self.write_emitted(std::mem::take(&mut turn.pending));
+        }
+        turn.pending.is_empty()
+    }
+
+    /// Poll the source once and run what it gave through the pipeline.
+    fn poll_and_process(&mut self, turn: &mut Turn) {
+        let wait = if turn.dirty {
+            self.settings.publish_interval.saturating_sub(turn.last_publish.elapsed()).max(Duration::from_millis(1))
+        } else {
+            Duration::from_millis(100)
+        };
+        let polled = self.source.poll(self.settings.batch_size.max(1), wait);
+        if let Some(group) = self.source.group() {
+            let floors = group.take_floors();
+            if !floors.is_empty() {
+                self.pipeline.raise_positions(&floors);
+            }
+        }
+        match polled {
+            Ok(events) if !events.is_empty() => {
+                if turn.source_error.take().is_some() {
+                    tracing::info!(source = %self.source.describe(), "source recovered");
+                }
+                turn.backoff = BACKOFF_MIN;
+                turn.events_read += events.len() as u64;
+                let span = tracing::debug_span!("batch", events = events.len());
+                let _entered = span.enter();
+                turn.pending = self.pipeline.process(&events).emitted;
+                turn.dirty = true;
+                turn.unsaved = true;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                turn.source_failed(e.to_string(), "source failed");
+                turn.back_off();
+            }
+        }
+    }
+
+    /// Publish snapshots at least every `publish_interval` while something changed; keep the
+    /// status current at least every second either way.
+    fn publish_when_due(&mut self, turn: &mut Turn) {
+        if turn.dirty && turn.last_publish.elapsed() >= self.settings.publish_interval {
+            if let Err(e) = self.pipeline.publish() {
+                tracing::error!(error = %e, "publishing snapshots failed");
+            }
+            turn.dirty = false;
+            turn.last_publish = Instant::now();
+        } else if turn.last_report.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.report(turn);
+        turn.last_report = Instant::now();
+    }
+
+    /// Hand revoked partitions over: write the emitted events on hand, checkpoint every event
+    /// processed so far, and give the partitions away at that checkpoint's positions. If it
+    /// cannot be written (the sink is down for [`HANDOVER_WAIT`], or the write fails) they go at
+    /// the previous checkpoint's positions and the next owner re-applies what came after it.
+    fn hand_over(&mut self, turn: &mut Turn, stop: &AtomicBool) {
+        let started = Instant::now();
+        let mut backoff = BACKOFF_MIN;
+        while !self.write_pending(turn) && started.elapsed() < HANDOVER_WAIT && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        let positions = if turn.pending.is_empty() {
+            turn.unsaved = true;
+            self.checkpoint_now(turn)
+        } else {
+            tracing::error!(
+                pending = turn.pending.len(),
+                "emitted events could not be written; revoked partitions go at the last checkpoint"
+            );
+            None
+        };
+        if let Some(group) = self.source.group()
+            && let Err(e) = group.hand_over(positions.as_ref())
+        {
+            tracing::error!(error = %e, "handing partitions over failed");
+        }
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            checkpointed = positions.is_some(),
+            "partitions handed over"
+        );
+    }
+
+    /// Write a checkpoint of everything processed so far and wait for it (after any running one).
+    /// Returns its positions if it was written.
+    fn checkpoint_now(&mut self, turn: &mut Turn) -> Option<PositionMap> {
+        self.collect_checkpoint(turn, true);
+        self.start_checkpoint(turn);
+        let positions = turn.writing.as_ref().map(|w| w.positions.clone());
+        self.collect_checkpoint(turn, true).then_some(positions).flatten()
+    }
+
+    /// Capture every plugin's tables, state and positions, and write them on a thread of their own.
+    fn start_checkpoint(&mut self, turn: &mut Turn) {
+        turn.last_checkpoint = Instant::now();
+        turn.unsaved = false;
+        match self.spawn_checkpoint() {
+            Ok(writing) => turn.writing = Some(writing),
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint failed; the previous one stays, retrying at the next interval");
+                turn.unsaved = true;
+            }
+        }
+    }
+
+    fn spawn_checkpoint(&mut self) -> checkpoint::Result<Writing> {
+        let captures = self.pipeline.capture()?;
+        // What the source may commit: per partition, the lowest position of the plugins that read
+        // it, a plugin with no position there yet counting as 0.
+        let positions = self.pipeline.known_positions();
+        let store = self.checkpoints.clone();
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("weir-checkpoint".into())
+            .spawn(move || {
+                let _ = tx.send(store.next_seq().and_then(|seq| store.write(seq, &captures)));
+            })
+            .map_err(CheckpointError::Thread)?;
+        Ok(Writing { done: rx, positions })
+    }
+
+    /// Take the result of the running checkpoint, if there is one and it is done (or, with
+    /// `wait`, once it is). Returns whether a checkpoint was written.
+    fn collect_checkpoint(&mut self, turn: &mut Turn, wait: bool) -> bool {
+        let Some(writing) = &turn.writing else {
+            return false;
+        };
+        let result = if wait {
+            writing.done.recv().map_err(|_| ())
+        } else {
+            match writing.done.try_recv() {
+                Ok(result) => Ok(result),
+                Err(mpsc::TryRecvError::Empty) => return false,
+                Err(mpsc::TryRecvError::Disconnected) => Err(()),
+            }
+        };
+        let Some(writing) = turn.writing.take() else {
+            return false;
+        };
+        match result {
+            Ok(Ok(stats)) => {
+                tracing::info!(
+                    seq = stats.seq,
+                    rows = stats.rows,
+                    bytes = stats.bytes,
+                    ms = stats.elapsed.as_millis() as u64,
+                    "checkpoint written"
+                );
+                if let Ok(mut status) = self.status.write() {
+                    status.checkpoint = Some(CheckpointStatus {
+                        seq: stats.seq,
+                        rows: stats.rows,
+                        bytes: stats.bytes,
+                        write_ms: stats.elapsed.as_millis() as u64,
+                    });
+                }
+                if let Err(e) = self.source.checkpointed(&writing.positions) {
+                    tracing::warn!(error = %e, "committing positions to the source failed");
+                }
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "checkpoint failed; the previous one stays, retrying at the next interval");
+                turn.unsaved = true;
+                false
+            }
+            Err(()) => {
+                tracing::error!("the checkpoint thread stopped without an answer; retrying at the next interval");
+                turn.unsaved = true;
+                false
+            }
+        }
+    }
+
+    /// Write handlers' events, grouped by topic; returns those not written.
+    fn write_emitted(&self, events: Vec<Event>) -> Vec<Event> {
+        let mut by_topic: Vec<(String, Vec<Event>)> = Vec::new();
+        for event in events {
+            match by_topic.iter_mut().find(|(t, _)| *t == event.position.topic) {
+                Some((_, list)) => list.push(event),
+                None => by_topic.push((event.position.topic.clone(), vec![event])),
+            }
+        }
+        let mut left = Vec::new();
+        for (topic, list) in by_topic {
+            if !left.is_empty() {
+                left.extend(list);
+                continue;
+            }
+            if let Err(e) = self.sink.append(&topic, list.clone()) {
+                tracing::warn!(error = %e, topic, events = list.len(), "writing emitted events failed; retrying");
+                left.extend(list);
+            }
+        }
+        left
+    }
+
+    /// Rewrite the status board: source, plugins, lag per plugin and partition.
+    fn report(&mut self, turn: &Turn) {
+        let ends = self.source.ends();
+        let mut lag = Vec::new();
+        for progress in self.pipeline.progress() {
+            for end in ends.iter().filter(|e| progress.topics.contains(&e.topic)) {
+                let position = progress.positions.get(&(end.topic.clone(), end.partition)).copied().unwrap_or(0);
+                lag.push(Lag {
+                    plugin: progress.label.clone(),
+                    topic: end.topic.clone(),
+                    partition: end.partition,
+                    position,
+                    end: end.end,
+                    lag: end.end.saturating_sub(position),
+                });
+            }
+        }
+        let plugins = self.pipeline.statuses();
+        let source = self.source.describe();
+        if let Ok(mut status) = self.status.write() {
+            status.source = source;
+            status.source_error.clone_from(&turn.source_error);
+            status.events_read = turn.events_read;
+            status.emitted_pending = turn.pending.len();
+            status.plugins = plugins;
+            status.lag = lag;
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The assembled host behind `weir serve` and `weir demo`: loads the plugins, restores the latest
+//! checkpoint, opens the source, and runs the ingest loop on its own thread while the API and the
+//! Postgres listener serve what it publishes.
+//!
+//! **Invariant:** one host process owns a data directory at a time (an exclusive lock on
+//! `<data_dir>/weir.lock`), so two hosts never append to one embedded log or checkpoint.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::api::ApiState;
+use crate::checkpoint::CheckpointStore;
+use crate::config::Config;
+use crate::ingest::{Ingest, IngestSettings};
+use crate::pipeline::Pipeline;
+use crate::status::{Status, StatusBoard};
+use weir_core::source::{EventSink, Source};
+use weir_kafka::{KafkaSink, KafkaSource};
+use weir_log::EmbeddedLog;
+use weir_log::source::{EmbeddedSink, EmbeddedSource};
+use weir_runtime::PluginRuntime;
+use weir_sql::query::{Catalog, SqlEngine};
+
+/// A running host.
+pub struct Host {
+    /// What the ingest loop reports.
+    pub status: StatusBoard,
+    /// SQL over the read models.
+    pub sql: Arc<SqlEngine>,
+    /// Where produced events go.
+    pub sink: Arc<dyn EventSink>,
+    /// The embedded log, when it is the source.
+    pub log: Option<Arc<EmbeddedLog>>,
+    stop: Arc<AtomicBool>,
+    ingest: Option<std::thread::JoinHandle<Pipeline>>,
+    _lock: std::fs::File,
+}
+
+impl Host {
+    /// Build, load and restore everything `config` names, and start ingesting.
+    pub fn start(config: &Config) -> anyhow::Result<Host> {
+        let data_dir = &config.server.data_dir;
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        let lock_path = data_dir.join("weir.lock");
+        let lock = std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+        lock.try_lock().map_err(|_| {
+            anyhow::anyhow!(
+                "{} is locked: another weir process is using data directory {}",
+                lock_path.display(),
+                data_dir.display()
+            )
+        })?;
+
+        let runtime = PluginRuntime::new(config.limits.clone(), Some(&data_dir.join("wasm-cache")))?;
+        let catalog = Arc::new(Catalog::default());
+        let sql = Arc::new(SqlEngine::new(catalog.clone(), config.query.clone())?);
+        let mut pipeline = Pipeline::new(catalog);
+        for plugin in &config.plugins {
+            let wasm = resolve_plugin(&plugin.path)?;
+            let loaded = runtime
+                .load(&wasm, plugin.params.clone())
+                .with_context(|| format!("loading plugin {}", plugin.path.display()))?;
+            tracing::info!(plugin = %loaded.info().label(), path = %wasm.display(), "plugin loaded");
+            let name = loaded.info().name.clone();
+            pipeline.add(loaded).with_context(|| format!("loading plugin {}", plugin.path.display()))?;
+            pipeline.set_start(&name, plugin.start);
+        }
+
+        let checkpoints = CheckpointStore::open(&data_dir.join("checkpoints"), config.checkpoint.keep)?;
+        if let Some(stats) = checkpoints.restore(&mut pipeline).context("restoring the latest checkpoint")? {
+            tracing::info!(
+                seq = stats.seq,
+                rows = stats.rows,
+                ms = stats.elapsed.as_millis() as u64,
+                restored = ?stats.restored,
+                "restored checkpoint"
+            );
+            for (plugin, why) in &stats.rebuilt {
+                tracing::warn!(
+                    plugin,
+                    why,
+                    "plugin starts over: at its `start` on the embedded log; on Kafka not below the group's committed positions (use a new group_id to replay history)"
+                );
+            }
+        }
+        pipeline.publish()?;
+
+        let topics = pipeline.topics();
+        let (source, sink, log): (Box<dyn Source>, Arc<dyn EventSink>, _) = match &config.kafka {
+            Some(kafka) => {
+                let source = KafkaSource::new(kafka, &topics, pipeline.known_positions())?;
+                tracing::info!(brokers = %kafka.brokers, group = %kafka.group_id, ?topics, "reading from kafka");
+                (Box::new(source), Arc::new(KafkaSink::new(kafka)?), None)
+            }
+            None => {
+                let log = Arc::new(EmbeddedLog::open(&data_dir.join("log"), config.log.clone())?);
+                let source = EmbeddedSource::new(log.clone(), &topics, |topic, partition| {
+                    pipeline.start_offset(topic, partition)
+                })?;
+                (Box::new(source), Arc::new(EmbeddedSink(log.clone())), Some(log))
+            }
+        };
+
+        let status: StatusBoard = Arc::new(RwLock::new(Status { plugins: pipeline.statuses(), ..Status::default() }));
+        let settings = IngestSettings {
+            batch_size: config.server.batch_size,
+            publish_interval: Duration::from_millis(config.server.publish_interval_ms.max(1)),
+            checkpoint: config.checkpoint.clone(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let ingest = Ingest::new(pipeline, source, sink.clone(), checkpoints, settings, status.clone());
+        let thread_stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("weir-ingest".into())
+            .spawn(move || ingest.run(&thread_stop))
+            .context("starting the ingest thread")?;
+        Ok(Host { status, sql, sink, log, stop, ingest: Some(handle), _lock: lock })
+    }
+
+    /// State for the HTTP API.
+    pub fn api_state(&self) -> Arc<ApiState> {
+        Arc::new(ApiState { status: self.status.clone(), sql: self.sql.clone(), sink: Some(self.sink.clone()) })
+    }
+
+    /// Wait until every plugin has caught up with the end of every partition it reads (lag 0)
+    /// and the first plugin's partitions hold at least `min_events` in all, or `timeout`.
+    /// Returns whether it caught up.
+    pub fn wait_caught_up(&self, min_events: u64, timeout: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            {
+                let status = self.status.read().unwrap_or_else(|e| e.into_inner());
+                let first = status.lag.first().map(|l| l.plugin.clone()).unwrap_or_default();
+                let ends: u64 = status.lag.iter().filter(|l| l.plugin == first).map(|l| l.end).sum();
+                if ends >= min_events && status.lag.iter().all(|l| l.lag == 0) && status.emitted_pending == 0 {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// Stop ingesting, write the final checkpoint, and return the pipeline.
+    pub fn shutdown(mut self) -> Option<Pipeline> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.ingest.take().and_then(|h| h.join().ok())
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.ingest.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// A plugin path: a `.wasm` file as is, a crate directory built first.
+pub fn resolve_plugin(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if path.is_dir() { Ok(crate::build::build_plugin(path)?) } else { Ok(path.to_owned()) }
+}
+
+/// Serve the HTTP API (and the Postgres listener when configured) until `shutdown` resolves.
+pub async fn serve_api(
+    http: SocketAddr,
+    state: Arc<ApiState>,
+    announce: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    crate::api::serve(http, state, announce, shutdown).await.with_context(|| format!("serving HTTP on {http}"))
+}

@@ -1,0 +1,16 @@
+//! The host's integration tests: one binary, so the 2-core machine links once.
+//!
+//! Everything here uses real components built from real Rust crates (the example plugins in
+//! `plugins/` and the fixtures in `tests/fixtures/`), through the real runtime.
+
+// A test fails by panicking; its helpers unwrap for the same reason (clippy's
+// `allow-unwrap-in-tests` covers only `#[test]` functions and `#[cfg(test)]` modules).
+#![allow(clippy::unwrap_used)]
+
+mod cli;
+mod golden;
+mod hostile;
+mod ingest;
+mod kafka;
+mod sql;
+mod support;

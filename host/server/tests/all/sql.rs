@@ -1,0 +1,236 @@
+//! SQL over the read models: golden queries, HTTP formats, read-only enforcement, limits, and
+//! consistency while ingesting. The data comes from the real `orders` wasm plugin through the
+//! real pipeline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_host::api::{ARROW_STREAM, ApiState};
+use weir_host::pipeline::Pipeline;
+use weir_host::sample::OrderStream;
+use weir_sql::query::{Catalog, QueryError, QueryLimits, SqlEngine};
+
+use crate::support::{load, repo, runtime};
+
+/// A published orders read model of `n` generated events, and an engine over it.
+fn orders_engine(n: usize, limits: QueryLimits) -> Arc<SqlEngine> {
+    let runtime = runtime();
+    let catalog = Arc::new(Catalog::default());
+    let mut pipeline = Pipeline::new(catalog.clone());
+    pipeline.add(load(&runtime, "orders")).unwrap();
+    for batch in OrderStream::take_events(42, 200, n).chunks(500) {
+        let outcome = pipeline.process(batch);
+        assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);
+    }
+    pipeline.publish().unwrap();
+    Arc::new(SqlEngine::new(catalog, limits).unwrap())
+}
+
+fn tokio() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn golden_queries() {
+    let engine = orders_engine(5_000, QueryLimits::default());
+    let rt = tokio();
+    let dir = repo().join("host/server/tests/sql");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+    files.retain(|p| p.extension().is_some_and(|e| e == "sql"));
+    files.sort();
+    assert!(files.len() >= 5);
+    let mut mismatches = Vec::new();
+    for file in files {
+        let sql = std::fs::read_to_string(&file).unwrap();
+        let answer = rt.block_on(engine.query(&sql)).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let rendered = weir_sql::query::to_table(&answer).unwrap() + "\n";
+        let expected_path = file.with_extension("out");
+        if std::env::var_os("BLESS").is_some() {
+            std::fs::write(&expected_path, &rendered).unwrap();
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if rendered != expected {
+            mismatches.push(format!("{}:\n{rendered}", expected_path.display()));
+        }
+    }
+    assert!(mismatches.is_empty(), "answers differ (BLESS=1 rewrites them):\n{}", mismatches.join("\n"));
+}
+
+#[test]
+fn queries_are_read_only() {
+    let engine = orders_engine(500, QueryLimits::default());
+    let rt = tokio();
+    for sql in [
+        "CREATE TABLE x (a INT)",
+        "DROP TABLE orders",
+        "INSERT INTO orders (order_id) VALUES ('x')",
+        "DELETE FROM orders",
+        "COPY orders TO '/tmp/weir-copy.csv'",
+        "SET datafusion.execution.batch_size = 1",
+        "CREATE EXTERNAL TABLE e STORED AS CSV LOCATION '/etc/passwd'",
+    ] {
+        let err = rt.block_on(engine.query(sql)).expect_err(sql);
+        assert!(matches!(err, QueryError::ReadOnly(_)), "{sql}: {err}");
+        assert!(err.to_string().starts_with("weir's SQL is read-only"), "{sql}: {err}");
+    }
+    assert!(!std::path::Path::new("/tmp/weir-copy.csv").exists());
+    let err = rt.block_on(engine.query("SELECT * FROM nowhere")).unwrap_err();
+    assert!(err.to_string().contains("nowhere"), "{err}");
+    let err = rt.block_on(engine.query("SELEC 1")).unwrap_err();
+    assert!(matches!(err, QueryError::Sql(_)), "{err}");
+}
+
+#[test]
+fn queries_past_their_limits_are_cancelled() {
+    let rt = tokio();
+    let slow = orders_engine(3_000, QueryLimits { timeout_ms: 50, memory_bytes: 512 << 20 });
+    let err = rt
+        .block_on(slow.query("SELECT count(*) FROM orders a, orders b, orders c WHERE a.amount + b.amount > c.amount"))
+        .unwrap_err();
+    assert_eq!(err.to_string(), "query cancelled after its time limit of 50 ms");
+
+    let small = orders_engine(3_000, QueryLimits { timeout_ms: 10_000, memory_bytes: 64 << 10 });
+    let err = rt
+        .block_on(small.query(
+            "SELECT a.order_id, count(*) FROM orders a JOIN orders b ON a.customer_id = b.customer_id GROUP BY a.order_id",
+        ))
+        .unwrap_err();
+    assert!(matches!(err, QueryError::Memory { limit: 65536, .. }), "{err}");
+}
+
+#[test]
+fn answers_stay_consistent_while_ingesting() {
+    let runtime = runtime();
+    let catalog = Arc::new(Catalog::default());
+    let mut pipeline = Pipeline::new(catalog.clone());
+    pipeline.add(load(&runtime, "orders")).unwrap();
+    pipeline.publish().unwrap();
+    let engine = SqlEngine::new(catalog, QueryLimits::default()).unwrap();
+    let events = OrderStream::take_events(5, 300, 30_000);
+    let ingest = std::thread::spawn(move || {
+        for batch in events.chunks(250) {
+            assert!(pipeline.process(batch).failures.is_empty());
+            pipeline.publish().unwrap();
+        }
+    });
+    let rt = tokio();
+    let mut last_count = 0;
+    let mut checks = 0;
+    while !ingest.is_finished() || checks < 5 {
+        let answer = rt
+            .block_on(engine.query(
+                "SELECT (SELECT count(*) FROM orders) AS orders, \
+                        (SELECT coalesce(sum(amount), 0) FROM orders WHERE status IN ('paid', 'shipped')) AS paid, \
+                        (SELECT coalesce(sum(revenue), 0) FROM customer_revenue) AS revenue, \
+                        (SELECT coalesce(sum(orders_placed), 0) FROM customer_revenue) AS placed",
+            ))
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&weir_sql::query::to_json(&answer).unwrap()).unwrap();
+        let row = &json[0];
+        let (orders, paid, revenue, placed) = (
+            row["orders"].as_i64().unwrap(),
+            row["paid"].as_f64().unwrap(),
+            row["revenue"].as_f64().unwrap(),
+            row["placed"].as_i64().unwrap(),
+        );
+        assert!(
+            (paid - revenue).abs() < 1e-6 * paid.max(1.0),
+            "torn snapshot: paid orders {paid} vs revenue {revenue}"
+        );
+        assert_eq!(orders, placed, "torn snapshot: {orders} orders but {placed} placed");
+        assert!(orders >= last_count, "went back in time: {orders} after {last_count}");
+        last_count = orders;
+        checks += 1;
+    }
+    ingest.join().unwrap();
+    assert!(checks >= 5);
+}
+
+#[test]
+fn http_sql_in_three_formats_and_tables() {
+    let engine = orders_engine(2_000, QueryLimits::default());
+    let rt = tokio();
+    let state = Arc::new(ApiState { status: Default::default(), sql: engine, sink: None });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(weir_host::api::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        state,
+        move |addr| tx.send(addr).unwrap(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let post = |accept: &str, body: &str| {
+        let mut response = agent
+            .post(&format!("http://{addr}/v1/sql"))
+            .header("content-type", "application/json")
+            .header("accept", accept)
+            .send(body.as_bytes())
+            .unwrap();
+        (response.status().as_u16(), response.body_mut().read_to_vec().unwrap())
+    };
+    let sql = r#"{"sql": "SELECT status, count(*) AS n FROM orders GROUP BY status ORDER BY status"}"#;
+
+    let (status, body) = post("application/json", sql);
+    assert_eq!(status, 200);
+    let rows: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(rows[0]["status"], "cancelled");
+    let total: i64 = rows.as_array().unwrap().iter().map(|r| r["n"].as_i64().unwrap()).sum();
+
+    let (status, body) = post("text/csv", sql);
+    assert_eq!(status, 200);
+    let csv = String::from_utf8(body).unwrap();
+    assert!(csv.starts_with("status,n\ncancelled,"), "{csv}");
+
+    let (status, body) = post(ARROW_STREAM, sql);
+    assert_eq!(status, 200);
+    let answer = weir_sql::query::from_arrow_ipc(&body).unwrap();
+    assert_eq!(answer.rows(), rows.as_array().unwrap().len());
+
+    let (status, body) = post("application/json", r#"{"sql": "DROP TABLE orders"}"#);
+    assert_eq!(status, 400);
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().starts_with("weir's SQL is read-only"), "{error}");
+
+    // Like `curl -d`, without a JSON content type.
+    let mut response = agent
+        .post(&format!("http://{addr}/v1/sql"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send(r#"{"sql": "SELECT 1 AS one"}"#.as_bytes())
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.body_mut().read_to_string().unwrap(), r#"[{"one":1}]"#);
+
+    let (status, body) = post("application/json", r#"{"query": "SELECT 1"}"#);
+    assert_eq!(status, 400);
+    assert!(
+        String::from_utf8_lossy(&body).contains("the body must be JSON like"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+
+    let mut response = agent.get(&format!("http://{addr}/v1/tables")).call().unwrap();
+    let tables: serde_json::Value = serde_json::from_slice(&response.body_mut().read_to_vec().unwrap()).unwrap();
+    let orders = tables.as_array().unwrap().iter().find(|t| t["name"] == "orders").expect("orders table");
+    assert_eq!(orders["qualified_name"], "orders.orders");
+    assert_eq!(orders["rows"].as_i64().unwrap(), total);
+    // The next offset to apply: all 2,000 events are reflected.
+    assert_eq!(orders["positions"][0]["offset"], 2_000);
+    assert_eq!(orders["columns"][0]["name"], "order_id");
+    let _ = stop_tx.send(());
+}
+
+#[test]
+fn clashing_table_names_are_refused_at_load() {
+    let runtime = runtime();
+    let mut pipeline = Pipeline::new(Arc::new(Catalog::default()));
+    pipeline.add(load(&runtime, "infinite-loop")).unwrap();
+    let err = pipeline.add(load(&runtime, "panic")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "table seen is declared by both infinite-loop and panic; table names must be unique across plugins"
+    );
+}
