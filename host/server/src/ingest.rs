@@ -147,7 +147,10 @@ impl Ingest {
             }
             self.publish_when_due(&mut turn);
             self.collect_checkpoint(&mut turn, false);
+            // Only when every emitted event so far is written: a checkpoint past an unwritten
+            // one would lose it on restart.
             if turn.writing.is_none()
+                && turn.pending.is_empty()
                 && turn.unsaved
                 && turn.last_checkpoint.elapsed() >= Duration::from_millis(self.settings.checkpoint.interval_ms.max(1))
             {
