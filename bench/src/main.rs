@@ -492,6 +492,7 @@ fn host_config(scenario: &str, wasm: &Path) -> (PathBuf, weir_host::config::Conf
     let mut config = weir_host::config::Config::default();
     config.server.data_dir = dir.clone();
     config.server.pg = None;
+    config.server.flight = None;
     config.checkpoint.interval_ms = 60_000;
     config.plugins.push(weir_host::config::PluginConfig {
         path: wasm.to_owned(),

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -21,7 +22,7 @@ use crate::status::{PluginStatus, Status, StatusBoard};
 use weir_core::event::{ProduceOptions, parse_events};
 use weir_core::source::{EventSink, SourceError};
 
-use weir_sql::query::{QueryError, SqlEngine, TableInfo};
+use weir_sql::query::{Encoding, QueryError, SqlEngine, TableInfo, encode_stream};
 
 /// The largest body `POST /v1/topics/{topic}/events` accepts.
 const MAX_PRODUCE_BYTES: usize = 256 << 20;
@@ -134,24 +135,27 @@ async fn sql(
         status: StatusCode::BAD_REQUEST,
         message: format!("the body must be JSON like {{\"sql\": \"SELECT ...\"}}: {e}"),
     })?;
-    let answer = state.sql.query(&request.sql).await.map_err(|e| {
+    let query_error = |e: QueryError| {
         let status = match e {
             QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             QueryError::Encode(_) | QueryError::NameClash { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError { status, message: e.to_string() }
-    })?;
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
-    let (media_type, body) = if accept.contains(ARROW_STREAM) {
-        (ARROW_STREAM, weir_sql::query::to_arrow_ipc(&answer))
-    } else if accept.contains("text/csv") {
-        ("text/csv", weir_sql::query::to_csv(&answer))
-    } else {
-        ("application/json", weir_sql::query::to_json(&answer))
     };
-    let body = body.map_err(|e| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() })?;
-    Ok(([(header::CONTENT_TYPE, media_type)], body).into_response())
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let encoding = if accept.contains(ARROW_STREAM) {
+        Encoding::ArrowIpc
+    } else if accept.contains("text/csv") {
+        Encoding::Csv
+    } else {
+        Encoding::Json
+    };
+    // The body streams batch by batch as the query computes them; an error after the first
+    // batch cuts it off (the client sees an incomplete body, never a wrong one).
+    let rows = state.sql.stream(&request.sql).await.map_err(query_error)?;
+    let body = encode_stream(rows, encoding).await.map_err(query_error)?;
+    Ok(([(header::CONTENT_TYPE, encoding.media_type())], Body::from_stream(body)).into_response())
 }
 
 /// Bind `addr` and serve until `shutdown` resolves. Returns the bound address through `bound`

@@ -45,6 +45,9 @@ enum Command {
         /// Postgres wire address, or "off".
         #[arg(long, default_value = "127.0.0.1:5433", env = "WEIR_PG")]
         pg: String,
+        /// Arrow Flight SQL address, or "off".
+        #[arg(long, default_value = "127.0.0.1:8815", env = "WEIR_FLIGHT")]
+        flight: String,
         /// The demo's data directory (emptied first).
         #[arg(long, default_value_os_t = std::env::temp_dir().join("weir-demo"))]
         data_dir: PathBuf,
@@ -143,13 +146,14 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sql { sql, url, format } => run_sql(&sql, &url, format),
-        Command::Demo { events, http, no_serve, plugins, pg, data_dir } => {
+        Command::Demo { events, http, no_serve, plugins, pg, flight, data_dir } => {
             let options = weir_host::demo::DemoOptions {
                 events,
                 batch_size: 1024,
                 data_dir,
                 http,
-                pg: parse_pg(&pg)?,
+                pg: parse_address("--pg", &pg)?,
+                flight: parse_address("--flight", &flight)?,
                 extra_plugins: plugins,
             };
             let runtime = tokio_runtime()?;
@@ -158,37 +162,40 @@ pub fn run() -> anyhow::Result<()> {
                 host.shutdown();
                 return Ok(());
             }
-            serve(&runtime, http, options.pg, host)
+            serve(&runtime, Listeners { http, pg: options.pg, flight: options.flight }, host)
         }
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             let host = Host::start(&config)?;
-            serve(&tokio_runtime()?, config.server.http, config.server.pg, host)
+            let listeners = Listeners { http: config.server.http, pg: config.server.pg, flight: config.server.flight };
+            serve(&tokio_runtime()?, listeners, host)
         }
         Command::Produce { topic, file, event_type, key, url } => run_produce(&topic, file, event_type, key, &url),
         Command::Status { url, json } => run_status(&url, json),
     }
 }
 
-fn parse_pg(text: &str) -> anyhow::Result<Option<SocketAddr>> {
+fn parse_address(flag: &str, text: &str) -> anyhow::Result<Option<SocketAddr>> {
     if text.is_empty() || text == "off" {
         return Ok(None);
     }
-    Ok(Some(text.parse().with_context(|| format!("--pg {text:?} is not an address like 127.0.0.1:5433 or \"off\""))?))
+    Ok(Some(text.parse().with_context(|| format!("{flag} {text:?} is not an address like 127.0.0.1:5433 or \"off\""))?))
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-/// Serve the API (and the Postgres listener) until Ctrl-C or SIGTERM, then stop the host, which
-/// writes its final checkpoint.
-fn serve(
-    runtime: &tokio::runtime::Runtime,
+/// Where the host answers: HTTP always, the Postgres wire and Flight SQL when set.
+struct Listeners {
     http: SocketAddr,
     pg: Option<SocketAddr>,
-    host: Host,
-) -> anyhow::Result<()> {
+    flight: Option<SocketAddr>,
+}
+
+/// Serve the API (and the Postgres and Flight SQL listeners) until Ctrl-C or SIGTERM, then stop
+/// the host, which writes its final checkpoint.
+fn serve(runtime: &tokio::runtime::Runtime, listeners: Listeners, host: Host) -> anyhow::Result<()> {
     let state = host.api_state();
     let sql = host.sql.clone();
     let served = runtime.block_on(async move {
@@ -199,11 +206,22 @@ fn serve(
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        let pg_server = match pg {
-            Some(addr) => Some(weir_sql::postgres::start(addr, sql).await.with_context(|| format!("serving Postgres wire on {addr}"))?),
+        let pg_server = match listeners.pg {
+            Some(addr) => Some(
+                weir_sql::postgres::start(addr, sql.clone())
+                    .await
+                    .with_context(|| format!("serving Postgres wire on {addr}"))?,
+            ),
+            None => None,
+        };
+        let flight_server = match listeners.flight {
+            Some(addr) => Some(
+                weir_sql::flight::start(addr, sql).await.with_context(|| format!("serving Flight SQL on {addr}"))?,
+            ),
             None => None,
         };
         let pg_addr = pg_server.as_ref().map(|p| p.addr());
+        let flight_addr = flight_server.as_ref().map(|f| f.addr());
         // A closed stdout (`weir demo | head`) must not take the server down.
         let announce = move |addr| {
             use std::io::Write;
@@ -212,14 +230,18 @@ fn serve(
             if let Some(pg) = pg_addr {
                 let _ = writeln!(out, "postgres wire protocol on {pg}");
             }
+            if let Some(flight) = flight_addr {
+                let _ = writeln!(out, "arrow flight sql on grpc://{flight}");
+            }
             let _ = writeln!(out, "try: weir sql --url http://{addr} \"SELECT status, count(*) FROM orders GROUP BY status\"");
             if let Some(pg) = pg_addr {
                 let _ = writeln!(out, "     psql -h {} -p {} -c \"SELECT * FROM customer_revenue ORDER BY revenue DESC LIMIT 5\"", pg.ip(), pg.port());
             }
             let _ = out.flush();
         };
-        let result = weir_host::server::serve_api(http, state, announce, shutdown).await;
+        let result = weir_host::server::serve_api(listeners.http, state, announce, shutdown).await;
         drop(pg_server);
+        drop(flight_server);
         result
     });
     tracing::info!("stopping: finishing the current batch and writing a checkpoint");

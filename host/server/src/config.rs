@@ -91,9 +91,12 @@ pub struct ServerConfig {
     pub batch_size: usize,
     /// Longest time, in milliseconds, between an event being applied and queries seeing it.
     pub publish_interval_ms: u64,
-    /// Postgres wire-protocol listen address (loopback by default); omit to turn it off.
-    /// Env: `WEIR_PG`.
+    /// Postgres wire-protocol listen address (loopback by default), or `"off"`. Env: `WEIR_PG`.
+    #[serde(deserialize_with = "listener")]
     pub pg: Option<SocketAddr>,
+    /// Arrow Flight SQL listen address (loopback by default), or `"off"`. Env: `WEIR_FLIGHT`.
+    #[serde(deserialize_with = "listener")]
+    pub flight: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +107,7 @@ impl Default for ServerConfig {
             batch_size: 1024,
             publish_interval_ms: 100,
             pg: Some(SocketAddr::from(([127, 0, 0, 1], 5433))),
+            flight: Some(SocketAddr::from(([127, 0, 0, 1], 8815))),
         }
     }
 }
@@ -124,6 +128,29 @@ pub struct PluginConfig {
     pub start: StartAt,
 }
 
+/// A listener address in a config file, or `"off"`.
+fn listener<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|e| {
+        serde::de::Error::custom(format!("{text:?} is not an address like \"127.0.0.1:5433\" or \"off\": {e}"))
+    })
+}
+
+/// An address from environment variable `name`, or `None` for `off` (or empty).
+fn optional_address(name: &str, value: &str) -> Result<Option<SocketAddr>> {
+    if value.is_empty() || value == "off" {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|e: std::net::AddrParseError| ConfigError::Env {
+        name: name.into(),
+        value: value.to_string(),
+        message: e.to_string(),
+    })
+}
+
 impl Config {
     /// Parse a config file's text; `path` names it in errors and anchors relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
@@ -134,14 +161,17 @@ impl Config {
             let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
             ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().trim().to_string() }
         })?;
+        // Relative paths are relative to the file, made absolute (`--config weir.toml` has an
+        // empty parent; the compiled-plugin cache needs an absolute directory).
         let base = path.parent().unwrap_or(Path::new("."));
+        let anchor = |relative: &Path| std::path::absolute(base.join(relative)).unwrap_or_else(|_| base.join(relative));
         for plugin in &mut config.plugins {
             if plugin.path.is_relative() {
-                plugin.path = base.join(&plugin.path);
+                plugin.path = anchor(&plugin.path);
             }
         }
         if config.server.data_dir.is_relative() {
-            config.server.data_dir = base.join(&config.server.data_dir);
+            config.server.data_dir = anchor(&config.server.data_dir);
         }
         Ok(config)
     }
@@ -155,7 +185,7 @@ impl Config {
         Ok(config)
     }
 
-    /// Apply `WEIR_HTTP`, `WEIR_PG` (an address, or `off`) and `WEIR_DATA_DIR`.
+    /// Apply `WEIR_HTTP`, `WEIR_PG` and `WEIR_FLIGHT` (an address, or `off`) and `WEIR_DATA_DIR`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(value) = var("WEIR_HTTP") {
             self.server.http = value.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
@@ -165,15 +195,10 @@ impl Config {
             })?;
         }
         if let Some(value) = var("WEIR_PG") {
-            self.server.pg = if value.is_empty() || value == "off" {
-                None
-            } else {
-                Some(value.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
-                    name: "WEIR_PG".into(),
-                    value: value.clone(),
-                    message: e.to_string(),
-                })?)
-            };
+            self.server.pg = optional_address("WEIR_PG", &value)?;
+        }
+        if let Some(value) = var("WEIR_FLIGHT") {
+            self.server.flight = optional_address("WEIR_FLIGHT", &value)?;
         }
         if let Some(value) = var("WEIR_DATA_DIR") {
             self.server.data_dir = PathBuf::from(value);

@@ -94,6 +94,8 @@ pub struct DemoOptions {
     pub http: std::net::SocketAddr,
     /// Postgres wire address, if any.
     pub pg: Option<std::net::SocketAddr>,
+    /// Arrow Flight SQL address, if any.
+    pub flight: Option<std::net::SocketAddr>,
     /// More plugins to run beside the examples: crate directories (built first) or `.wasm` files.
     pub extra_plugins: Vec<PathBuf>,
 }
@@ -115,6 +117,7 @@ pub fn run(options: &DemoOptions, runtime: &tokio::runtime::Runtime) -> anyhow::
     config.server.data_dir = options.data_dir.clone();
     config.server.http = options.http;
     config.server.pg = options.pg;
+    config.server.flight = options.flight;
     config.server.batch_size = options.batch_size;
     config.plugins.push(PluginConfig { path: orders_wasm, params: BTreeMap::new(), start: Default::default() });
     config.plugins.push(PluginConfig {

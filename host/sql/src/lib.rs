@@ -8,6 +8,8 @@
 //! `weir-core` types and its own; Arrow and DataFusion types stay inside (an [`query::Answer`] is
 //! opaque; callers get encoded bytes or text from it).
 
+pub mod flight;
 pub mod postgres;
 pub mod query;
 pub mod readmodel;
+pub(crate) mod session;

@@ -5,28 +5,33 @@
 //! It speaks the simple-query protocol (what `psql -c` and interactive psql use) and the extended
 //! protocol (parse/bind/describe/execute: prepared statements with `$1` parameters, as drivers
 //! such as tokio-postgres, JDBC and psycopg use it). A statement is planned when it is parsed, so a
-//! refused or wrong query fails at parse, naming why; it runs on the snapshots current when it is
-//! executed.
+//! refused or wrong query fails at parse, naming why; it runs on the snapshots its session reads
+//! when it is executed ([`crate::session`]: each statement's own under `READ COMMITTED`, the
+//! transaction's first under `REPEATABLE READ`).
+//!
+//! Each connection has its own [`Session`]: transactions, settings, `SHOW`. Rows go to the client
+//! as the query computes them, batch by batch, never collected whole.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
 use datafusion_postgres::pgwire;
-use futures::Sink;
+use futures::{Sink, StreamExt};
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
 use pgwire::api::portal::Portal;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, QueryResponse, Response};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::{ClientInfo, ClientPortalStore, NoopHandler, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 
-use crate::query::{Answer, Description, QueryError, SqlEngine};
+use crate::query::{Description, QueryError, Rows, SqlEngine};
+use crate::session::{Command, Reply, Session};
 
 /// A running listener; dropping it stops accepting and closes every session.
 pub struct PgServer {
@@ -51,16 +56,14 @@ impl Drop for PgServer {
 pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<PgServer> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let handlers =
-        Arc::new(Handlers { queries: Arc::new(Queries { parser: Arc::new(Planner { sql: sql.clone() }), sql }) });
     let task = tokio::spawn(async move {
         let mut sessions = tokio::task::JoinSet::new();
         loop {
             match listener.accept().await {
                 Ok((socket, _)) => {
-                    let handlers = handlers.clone();
+                    let connection = Arc::new(Connection::new(sql.clone()));
                     sessions.spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, None, connection).await {
                             tracing::debug!(error = %e, "postgres session ended with an error");
                         }
                     });
@@ -74,11 +77,20 @@ pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<PgS
     Ok(PgServer { addr, task })
 }
 
-struct Handlers {
+/// One client connection: its handlers share its session.
+struct Connection {
     queries: Arc<Queries>,
 }
 
-impl PgWireServerHandlers for Handlers {
+impl Connection {
+    fn new(sql: Arc<SqlEngine>) -> Connection {
+        let session = Arc::new(Mutex::new(Session::default()));
+        let parser = Arc::new(Planner { sql: sql.clone(), session: session.clone() });
+        Connection { queries: Arc::new(Queries { sql, parser, session }) }
+    }
+}
+
+impl PgWireServerHandlers for Connection {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
         self.queries.clone()
     }
@@ -92,21 +104,28 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
+/// The session's lock is never held across an await.
+fn lock(session: &Mutex<Session>) -> std::sync::MutexGuard<'_, Session> {
+    session.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Queries {
     sql: Arc<SqlEngine>,
     parser: Arc<Planner>,
+    session: Arc<Mutex<Session>>,
 }
 
-/// A parsed statement of the extended protocol: its text and what planning it found.
+/// A parsed statement of the extended protocol: what it asks for and what planning it found.
 #[derive(Clone)]
 struct Prepared {
-    sql: String,
+    command: Command,
     description: Description,
 }
 
 /// Parses extended-protocol statements by planning them with the engine.
 struct Planner {
     sql: Arc<SqlEngine>,
+    session: Arc<Mutex<Session>>,
 }
 
 #[async_trait]
@@ -117,8 +136,11 @@ impl QueryParser for Planner {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let description = self.sql.describe(sql).await.map_err(|e| pg_error(&e))?;
-        Ok(Some(Prepared { sql: sql.to_string(), description }))
+        let parsed = self.prepare(sql).await;
+        if parsed.is_err() {
+            lock(&self.session).fail();
+        }
+        parsed
     }
 
     fn get_parameter_types(&self, statement: &Prepared) -> PgWireResult<Vec<Type>> {
@@ -130,14 +152,92 @@ impl QueryParser for Planner {
     }
 }
 
-/// Rows of `answer` in `format`, as a query response.
-fn respond(answer: Answer, format: &Format) -> PgWireResult<Response> {
-    let fields = Arc::new(arrow_schema_to_pg_fields(&answer.schema, format, None)?);
-    let mut rows = Vec::new();
-    for batch in answer.batches {
-        rows.extend(encode_recordbatch(fields.clone(), batch));
+impl Planner {
+    async fn prepare(&self, sql: &str) -> PgWireResult<Option<Prepared>> {
+        let mut commands = self.sql.parse(sql).map_err(|e| pg_error(&e))?;
+        if commands.len() > 1 {
+            return Err(user_error("42601", "cannot insert multiple commands into a prepared statement"));
+        }
+        let Some(command) = commands.pop() else { return Ok(None) };
+        let description = match &command {
+            Command::Query(statement) => {
+                let tables = self.sql.catalog().current();
+                self.sql.describe(statement, &tables).await.map_err(|e| pg_error(&e))?
+            }
+            Command::Show(name) => {
+                let answer = lock(&self.session).show(name).map_err(|e| pg_error(&e))?;
+                Description { params: Vec::new(), schema: answer.schema }
+            }
+            _ => Description { params: Vec::new(), schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()) },
+        };
+        Ok(Some(Prepared { command, description }))
     }
-    Ok(Response::Query(QueryResponse::new(fields, futures::stream::iter(rows))))
+}
+
+/// Rows in `format`, as a query response that encodes each batch as it arrives.
+fn respond(rows: Rows, format: &Format) -> PgWireResult<Response> {
+    let fields = Arc::new(arrow_schema_to_pg_fields(&rows.schema, format, None)?);
+    let encode_fields = fields.clone();
+    let data = rows.batches.flat_map(move |batch| match batch {
+        Ok(batch) => futures::stream::iter(encode_recordbatch(encode_fields.clone(), batch)).left_stream(),
+        Err(e) => futures::stream::once(futures::future::ready(Err(pg_error(&e)))).right_stream(),
+    });
+    Ok(Response::Query(QueryResponse::new(fields, data)))
+}
+
+fn user_error(code: &str, message: &str) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message.into())))
+}
+
+impl Queries {
+    /// Run one command of this connection's session; a failure fails its transaction.
+    async fn execute(
+        &self,
+        command: &Command,
+        params: Option<datafusion::common::ParamValues>,
+        format: &Format,
+    ) -> PgWireResult<Response> {
+        let result = self.run_command(command, params, format).await;
+        if result.is_err() {
+            lock(&self.session).fail();
+        }
+        result
+    }
+
+    async fn run_command(
+        &self,
+        command: &Command,
+        params: Option<datafusion::common::ParamValues>,
+        format: &Format,
+    ) -> PgWireResult<Response> {
+        if lock(&self.session).failed()
+            && !matches!(command, Command::Commit | Command::Rollback | Command::RollbackToSavepoint)
+        {
+            return Err(user_error(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        match command {
+            Command::Query(statement) => {
+                let (tables, timeout) = {
+                    let mut session = lock(&self.session);
+                    (session.tables(|| self.sql.catalog().current()), session.timeout(self.sql.time_limit()))
+                };
+                let rows = self.sql.run(statement, &tables, params, timeout).await.map_err(|e| pg_error(&e))?;
+                respond(rows, format)
+            }
+            command => {
+                let reply = lock(&self.session).apply(command).map_err(|e| pg_error(&e))?;
+                Ok(match reply {
+                    Reply::Done(tag) => Response::Execution(Tag::new(tag)),
+                    Reply::Began => Response::TransactionStart(Tag::new("BEGIN")),
+                    Reply::Ended(tag) => Response::TransactionEnd(Tag::new(tag)),
+                    Reply::Rows(answer) => respond(Rows::from_answer(answer), format)?,
+                })
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -157,11 +257,15 @@ impl ExtendedQueryHandler for Queries {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let statement = &portal.statement.statement;
-        let types: Vec<Option<&datafusion::arrow::datatypes::DataType>> =
-            statement.description.params.iter().map(Option::as_ref).collect();
-        let params = deserialize_parameters(portal, &types)?;
-        let answer = self.sql.query_with_params(&statement.sql, params).await.map_err(|e| pg_error(&e))?;
-        respond(answer, &portal.result_column_format)
+        let params = match &statement.command {
+            Command::Query(_) => {
+                let types: Vec<Option<&datafusion::arrow::datatypes::DataType>> =
+                    statement.description.params.iter().map(Option::as_ref).collect();
+                Some(deserialize_parameters(portal, &types)?)
+            }
+            _ => None,
+        };
+        self.execute(&statement.command, params, &portal.result_column_format).await
     }
 }
 
@@ -171,10 +275,11 @@ fn pg_error(error: &QueryError) -> PgWireError {
         QueryError::ReadOnly(_) => "25006",
         QueryError::Timeout(_) => "57014",
         QueryError::Memory { .. } => "53200",
-        QueryError::Sql(_) => "42000",
+        QueryError::Sql(_) | QueryError::Session(_) => "42000",
+        QueryError::UnknownSetting(_) => "42704",
         QueryError::NameClash { .. } | QueryError::Encode(_) => "XX000",
     };
-    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), error.to_string())))
+    user_error(code, &error.to_string())
 }
 
 #[async_trait]
@@ -183,7 +288,25 @@ impl SimpleQueryHandler for Queries {
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
     {
-        let answer = self.sql.query(query).await.map_err(|e| pg_error(&e))?;
-        Ok(vec![respond(answer, &Format::UnifiedText)?])
+        let commands = self.sql.parse(query).map_err(|e| {
+            lock(&self.session).fail();
+            pg_error(&e)
+        })?;
+        if commands.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        // Statements run in order until one fails; the ones before it have answered.
+        let mut responses = Vec::with_capacity(commands.len());
+        for command in &commands {
+            match self.execute(command, None, &Format::UnifiedText).await {
+                Ok(response) => responses.push(response),
+                Err(PgWireError::UserError(info)) if !responses.is_empty() => {
+                    responses.push(Response::Error(info));
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(responses)
     }
 }

@@ -6,8 +6,13 @@
 //! Tables are addressable as `table` and `plugin.table`; two plugins declaring the same table
 //! name is refused when the second one is registered.
 //!
-//! Queries are read-only: DDL, DML, `COPY` and statements such as `SET` are refused before
-//! planning. Each query runs under a time limit and a memory limit.
+//! Tables are also in the database `weir` (`weir.public.orders`), listed by `pg_catalog` and
+//! `information_schema` as Postgres tools expect. SQL is parsed as Postgres's, with the rewrites
+//! that let DataFusion plan the catalog queries clients send.
+//!
+//! Queries are read-only: DDL, DML and `COPY` are refused before planning; session statements
+//! (`BEGIN`, `SET`, `SHOW`, ...) are [`crate::session`]'s. Each query runs under a time limit and
+//! a memory limit, and its answer streams ([`Rows`]) until the time limit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -16,14 +21,34 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{MemTable, MemorySchemaProvider, SchemaProvider};
-use datafusion::common::ParamValues;
-use datafusion::error::DataFusionError;
-use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemTable, MemoryCatalogProvider, MemoryCatalogProviderList,
+    MemorySchemaProvider, SchemaProvider,
+};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::{ColumnarValue, LogicalPlan, Volatility, create_udf};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::catalog_info::CatalogInfo;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
+    PgCatalogSchemaProvider, PgCatalogStaticTables, setup_pg_catalog,
+};
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 
 use crate::readmodel::ReadModelSnapshot;
+use crate::session::{self, Command, Reply, Session};
 use weir_core::row::TableSchema;
+
+/// The published snapshots, by projection: what one statement reads.
+pub type Tables = Arc<BTreeMap<String, Arc<ReadModelSnapshot>>>;
 
 /// Why a query gave no answer.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +83,14 @@ pub enum QueryError {
     /// Encoding the answer failed.
     #[error("cannot encode the answer: {0}")]
     Encode(String),
+    /// `SET` or `SHOW` of a setting that does not exist.
+    #[error("unrecognized configuration parameter \"{0}\"")]
+    UnknownSetting(String),
+    /// A session statement (`BEGIN`, `SET`, ...) where each statement runs on its own.
+    #[error(
+        "{0} needs a session: here each statement runs on its own snapshot; use the Postgres wire protocol for transactions and settings"
+    )]
+    Session(&'static str),
 }
 
 /// A `Result` with a [`QueryError`].
@@ -82,7 +115,7 @@ impl Default for QueryLimits {
 /// The published read-model snapshots, by projection.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    snapshots: RwLock<Arc<BTreeMap<String, Arc<ReadModelSnapshot>>>>,
+    snapshots: RwLock<Tables>,
     owners: Mutex<HashMap<String, String>>,
 }
 
@@ -156,7 +189,7 @@ impl Catalog {
     }
 
     /// The snapshots queries see now.
-    pub fn current(&self) -> Arc<BTreeMap<String, Arc<ReadModelSnapshot>>> {
+    pub fn current(&self) -> Tables {
         self.snapshots.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -196,7 +229,7 @@ impl Catalog {
     }
 }
 
-/// The answer to a query.
+/// The answer to a query, collected.
 #[derive(Debug, Clone)]
 pub struct Answer {
     /// Result schema.
@@ -212,6 +245,31 @@ impl Answer {
     }
 }
 
+/// The answer to a query as it is computed: batches arrive while the query runs, under its time
+/// and memory limits, so no front end holds a whole large result.
+pub struct Rows {
+    /// Result schema.
+    pub(crate) schema: SchemaRef,
+    /// The batches; an error ends the stream.
+    pub(crate) batches: BoxStream<'static, Result<RecordBatch>>,
+}
+
+impl Rows {
+    /// Rows already computed.
+    pub(crate) fn from_answer(answer: Answer) -> Rows {
+        Rows { schema: answer.schema, batches: futures::stream::iter(answer.batches.into_iter().map(Ok)).boxed() }
+    }
+
+    /// Wait for every batch.
+    pub async fn collect(mut self) -> Result<Answer> {
+        let mut batches = Vec::new();
+        while let Some(batch) = self.batches.next().await {
+            batches.push(batch?);
+        }
+        Ok(Answer { schema: self.schema, batches })
+    }
+}
+
 /// What a query takes and gives, found by planning it.
 #[derive(Debug, Clone)]
 pub(crate) struct Description {
@@ -224,26 +282,183 @@ pub(crate) struct Description {
 /// The most parameters a statement may take (the Postgres protocol's own limit).
 const MAX_PARAMETERS: usize = 65_535;
 
+/// The database (DataFusion catalog) weir's tables live in: `weir.public.orders`.
+pub const DATABASE: &str = "weir";
+
+/// What `version()` answers: clients parse the Postgres version from it.
+fn version_text() -> String {
+    format!(
+        "PostgreSQL {} on {}-{} (weir {}, Apache DataFusion {})",
+        session::SERVER_VERSION,
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+        env!("CARGO_PKG_VERSION"),
+        datafusion::DATAFUSION_VERSION
+    )
+}
+
+/// The oid of a built-in Postgres type named `name` (as `to_regtype` answers): the types weir's
+/// columns have and the ones drivers ask about; `None` for any other (psycopg asks for `hstore`
+/// and takes no answer as "not installed").
+fn builtin_type_oid(name: &str) -> Option<i32> {
+    let name = name.trim().trim_start_matches("pg_catalog.").trim_matches('"').to_ascii_lowercase();
+    Some(match name.as_str() {
+        "bool" | "boolean" => 16,
+        "bytea" => 17,
+        "char" => 18,
+        "name" => 19,
+        "int8" | "bigint" => 20,
+        "int2" | "smallint" => 21,
+        "int4" | "integer" | "int" => 23,
+        "text" => 25,
+        "oid" => 26,
+        "json" => 114,
+        "float4" | "real" => 700,
+        "float8" | "double precision" => 701,
+        "varchar" | "character varying" => 1043,
+        "date" => 1082,
+        "time" | "time without time zone" => 1083,
+        "timestamp" | "timestamp without time zone" => 1114,
+        "timestamptz" | "timestamp with time zone" => 1184,
+        "interval" => 1186,
+        "numeric" | "decimal" => 1700,
+        "uuid" => 2950,
+        "jsonb" => 3802,
+        _ => return None,
+    })
+}
+
+/// `to_regtype(name)`: the type's oid, or NULL when there is no such type.
+fn to_regtype_udf() -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::arrow::array::{Array, AsArray, Int32Array};
+    create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| match &args[0] {
+            ColumnarValue::Scalar(value) => {
+                let name = match value {
+                    ScalarValue::Utf8(name) | ScalarValue::LargeUtf8(name) | ScalarValue::Utf8View(name) => {
+                        name.clone()
+                    }
+                    _ => None,
+                };
+                Ok(ColumnarValue::Scalar(ScalarValue::Int32(name.as_deref().and_then(builtin_type_oid))))
+            }
+            ColumnarValue::Array(array) => {
+                let names = datafusion::arrow::compute::cast(array, &DataType::Utf8)?;
+                let names = names.as_string::<i32>();
+                let oids: Int32Array = (0..names.len())
+                    .map(|i| if names.is_null(i) { None } else { builtin_type_oid(names.value(i)) })
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(oids)))
+            }
+        }),
+    )
+}
+
 /// Queries may read and nothing else: no DDL, no DML, no `SET` or other statements.
 fn read_only() -> SQLOptions {
     SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
 }
 
+/// The published tables as the `pg_catalog` tables see them: schema `public` holds every table,
+/// and each projection has a schema of its own.
+#[derive(Debug, Clone)]
+struct PublishedTables(Arc<Catalog>);
+
+impl PublishedTables {
+    fn find(&self, catalog: &str, schema: &str) -> Option<Vec<(String, SchemaRef)>> {
+        if catalog != DATABASE {
+            return None;
+        }
+        let current = self.0.current();
+        let tables = |model: &ReadModelSnapshot| -> Vec<(String, SchemaRef)> {
+            model.tables.iter().map(|t| (t.name.clone(), t.schema.clone())).collect()
+        };
+        match schema {
+            "public" => Some(current.values().flat_map(|m| tables(m)).collect()),
+            "pg_catalog" | "information_schema" => Some(Vec::new()),
+            plugin => current.get(plugin).map(|m| tables(m)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CatalogInfo for PublishedTables {
+    async fn catalog_names(&self) -> DfResult<Vec<String>> {
+        Ok(vec![DATABASE.to_string()])
+    }
+
+    async fn schema_names(&self, catalog: &str) -> DfResult<Option<Vec<String>>> {
+        if catalog != DATABASE {
+            return Ok(None);
+        }
+        let mut names = vec!["public".to_string()];
+        names.extend(self.0.current().keys().cloned());
+        names.extend(["pg_catalog".to_string(), "information_schema".to_string()]);
+        Ok(Some(names))
+    }
+
+    async fn table_names(&self, catalog: &str, schema: &str) -> DfResult<Option<Vec<String>>> {
+        Ok(self.find(catalog, schema).map(|tables| tables.into_iter().map(|(name, _)| name).collect()))
+    }
+
+    async fn table_schema(&self, catalog: &str, schema: &str, table: &str) -> DfResult<Option<SchemaRef>> {
+        Ok(self.find(catalog, schema).and_then(|tables| tables.into_iter().find(|(n, _)| n == table).map(|(_, s)| s)))
+    }
+
+    async fn table_type(&self, catalog: &str, schema: &str, table: &str) -> DfResult<Option<TableType>> {
+        Ok(self.table_schema(catalog, schema, table).await?.map(|_| TableType::Base))
+    }
+}
+
 /// Runs SQL against the catalog.
 pub struct SqlEngine {
     catalog: Arc<Catalog>,
-    runtime: Arc<RuntimeEnv>,
     limits: QueryLimits,
+    /// Functions, settings and the memory pool every query's session starts from.
+    template: SessionState,
+    /// `pg_catalog` over the published tables; one for the engine's life, so object ids stay the
+    /// same from one query to the next (psql's `\d` looks a table up by the id it found first).
+    pg_catalog: Arc<dyn SchemaProvider>,
+    /// Postgres SQL, rewritten where DataFusion needs it (catalog queries clients send).
+    parser: PostgresCompatibilityParser,
 }
 
 impl SqlEngine {
     /// An engine over `catalog`.
     pub fn new(catalog: Arc<Catalog>, limits: QueryLimits) -> Result<Self> {
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(limits.memory_bytes, 1.0)
-            .build_arc()
-            .map_err(|e| QueryError::Sql(e.to_string()))?;
-        Ok(SqlEngine { catalog, runtime, limits })
+        let runtime =
+            RuntimeEnvBuilder::new().with_memory_limit(limits.memory_bytes, 1.0).build_arc().map_err(sql_error)?;
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(2)
+            .with_default_catalog_and_schema(DATABASE, "public")
+            .set_str("datafusion.sql_parser.dialect", "postgresql");
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        setup_pg_catalog(&ctx, DATABASE, EmptyContextProvider).map_err(|e| sql_error(*e))?;
+        let version = version_text();
+        ctx.register_udf(create_udf(
+            "version",
+            vec![],
+            DataType::Utf8,
+            Volatility::Immutable,
+            Arc::new(move |_: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(version.clone()))))),
+        ));
+        ctx.register_udf(to_regtype_udf());
+        let static_tables = Arc::new(PgCatalogStaticTables::try_new().map_err(sql_error)?);
+        let pg_catalog =
+            PgCatalogSchemaProvider::try_new(PublishedTables(catalog.clone()), static_tables, EmptyContextProvider)
+                .map_err(sql_error)?;
+        Ok(SqlEngine {
+            catalog,
+            limits,
+            template: ctx.state(),
+            pg_catalog: Arc::new(pg_catalog),
+            parser: PostgresCompatibilityParser::new(),
+        })
     }
 
     /// The catalog.
@@ -251,45 +466,66 @@ impl SqlEngine {
         &self.catalog
     }
 
-    /// A session over the snapshots published right now.
-    fn session(&self) -> Result<SessionContext> {
-        let config = SessionConfig::new().with_information_schema(true).with_target_partitions(2);
-        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
-        let default_schema = ctx
-            .catalog("datafusion")
-            .and_then(|c| c.schema("public"))
-            .ok_or_else(|| QueryError::Sql("the default schema is missing".into()))?;
-        let catalog =
-            ctx.catalog("datafusion").ok_or_else(|| QueryError::Sql("the default catalog is missing".into()))?;
-        for model in self.catalog.current().values() {
+    /// The server's time limit per statement.
+    pub(crate) fn time_limit(&self) -> Duration {
+        Duration::from_millis(self.limits.timeout_ms)
+    }
+
+    /// A session over `tables`.
+    fn context(&self, tables: &Tables) -> Result<SessionContext> {
+        let database = Arc::new(MemoryCatalogProvider::new());
+        let public = Arc::new(MemorySchemaProvider::new());
+        for model in tables.values() {
             let schema = Arc::new(MemorySchemaProvider::new());
             for table in &model.tables {
                 let provider =
                     Arc::new(MemTable::try_new(table.schema.clone(), vec![table.batches.clone()]).map_err(sql_error)?);
                 schema.register_table(table.name.clone(), provider.clone()).map_err(sql_error)?;
-                default_schema.register_table(table.name.clone(), provider).map_err(sql_error)?;
+                public.register_table(table.name.clone(), provider).map_err(sql_error)?;
             }
-            catalog.register_schema(&model.plugin, schema).map_err(sql_error)?;
+            database.register_schema(&model.plugin, schema).map_err(sql_error)?;
         }
-        Ok(ctx)
+        database.register_schema("public", public).map_err(sql_error)?;
+        database.register_schema("pg_catalog", self.pg_catalog.clone()).map_err(sql_error)?;
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        catalogs.register_catalog(DATABASE.to_string(), database);
+        let state = SessionStateBuilder::new_from_existing(self.template.clone()).with_catalog_list(catalogs).build();
+        Ok(SessionContext::new_with_state(state))
     }
 
-    /// Run one read-only query.
-    pub async fn query(&self, sql: &str) -> Result<Answer> {
-        self.run(sql, None).await
+    /// Parse `sql` (Postgres syntax) into the commands it holds.
+    pub(crate) fn parse(&self, sql: &str) -> Result<Vec<Command>> {
+        let statements = self.parser.parse(sql).map_err(|e| QueryError::Sql(e.to_string()))?;
+        statements.into_iter().map(Command::classify).collect()
     }
 
-    /// Run one read-only query whose `$1`, `$2`, ... placeholders take `params`, in order.
-    pub(crate) async fn query_with_params(&self, sql: &str, params: ParamValues) -> Result<Answer> {
-        self.run(sql, Some(params)).await
+    /// The one command in `sql`.
+    fn single(&self, sql: &str) -> Result<Command> {
+        let mut commands = self.parse(sql)?;
+        match commands.len() {
+            0 => Err(QueryError::Sql("the query is empty".into())),
+            1 => Ok(commands.remove(0)),
+            n => Err(QueryError::Sql(format!("one statement at a time: this text holds {n}"))),
+        }
     }
 
-    /// Plan `sql` without running it (under the same read-only rules): the types its placeholders
-    /// take (`$1` first; `None` where the query does not fix one) and the schema of its answer.
-    pub(crate) async fn describe(&self, sql: &str) -> Result<Description> {
-        let ctx = self.session()?;
-        let plan = ctx.state().create_logical_plan(sql).await.map_err(|e| self.classify(e))?;
+    /// Plan `statement` over `ctx`, refusing anything but reads.
+    async fn plan(&self, ctx: &SessionContext, statement: &ast::Statement) -> Result<LogicalPlan> {
+        let plan = ctx
+            .state()
+            .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
+            .await
+            .map_err(|e| self.classify(e))?;
         read_only().verify_plan(&plan).map_err(|e| self.classify(e))?;
+        Ok(plan)
+    }
+
+    /// Plan `statement` without running it (under the same read-only rules): the types its
+    /// placeholders take (`$1` first; `None` where the query does not fix one) and the schema
+    /// of its answer.
+    pub(crate) async fn describe(&self, statement: &ast::Statement, tables: &Tables) -> Result<Description> {
+        let ctx = self.context(tables)?;
+        let plan = self.plan(&ctx, statement).await?;
         let mut params: Vec<(usize, Option<DataType>)> = plan
             .get_parameter_types()
             .map_err(|e| self.classify(e))?
@@ -311,78 +547,271 @@ impl SqlEngine {
         Ok(Description { params: types, schema: Arc::new(plan.schema().as_arrow().clone()) })
     }
 
-    async fn run(&self, sql: &str, params: Option<ParamValues>) -> Result<Answer> {
-        let ctx = self.session()?;
-        let run = async {
-            let mut frame = ctx.sql_with_options(sql, read_only()).await.map_err(|e| self.classify(e))?;
+    /// Describe the one statement in `sql` (a query or `SHOW`).
+    pub(crate) async fn describe_sql(&self, sql: &str) -> Result<Description> {
+        match self.single(sql)? {
+            Command::Query(statement) => self.describe(&statement, &self.catalog.current()).await,
+            command => Ok(Description { params: Vec::new(), schema: sessionless(command)?.schema }),
+        }
+    }
+
+    /// Run `statement` over `tables`, its placeholders taking `params`, within `timeout` (planning,
+    /// running and handing over every batch).
+    pub(crate) async fn run(
+        &self,
+        statement: &ast::Statement,
+        tables: &Tables,
+        params: Option<ParamValues>,
+        timeout: Duration,
+    ) -> Result<Rows> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timeout_ms = timeout.as_millis() as u64;
+        let start = async {
+            let ctx = self.context(tables)?;
+            let plan = self.plan(&ctx, statement).await?;
+            let mut frame = ctx.execute_logical_plan(plan).await.map_err(|e| self.classify(e))?;
             if let Some(params) = params {
                 frame = frame.with_param_values(params).map_err(|e| self.classify(e))?;
             }
-            let schema = Arc::new(frame.schema().as_arrow().clone());
-            let batches = frame.collect().await.map_err(|e| self.classify(e))?;
-            Ok(Answer { schema, batches })
+            frame.execute_stream().await.map_err(|e| self.classify(e))
         };
-        match tokio::time::timeout(Duration::from_millis(self.limits.timeout_ms), run).await {
-            Ok(answer) => answer,
-            Err(_) => Err(QueryError::Timeout(self.limits.timeout_ms)),
+        let stream = match tokio::time::timeout_at(deadline, start).await {
+            Ok(stream) => stream?,
+            Err(_) => return Err(QueryError::Timeout(timeout_ms)),
+        };
+        let schema = stream.schema();
+        let memory = self.limits.memory_bytes;
+        let sleep = Box::pin(tokio::time::sleep_until(deadline));
+        let batches =
+            futures::stream::unfold((stream, sleep, false), move |(mut stream, mut sleep, done)| async move {
+                if done {
+                    return None;
+                }
+                tokio::select! {
+                    biased;
+                    _ = &mut sleep => Some((Err(QueryError::Timeout(timeout_ms)), (stream, sleep, true))),
+                    next = stream.next() => match next {
+                        None => None,
+                        Some(Ok(batch)) => Some((Ok(batch), (stream, sleep, false))),
+                        Some(Err(e)) => Some((Err(classify(e, memory)), (stream, sleep, true))),
+                    },
+                }
+            })
+            .boxed();
+        Ok(Rows { schema, batches })
+    }
+
+    /// Run the one read-only statement in `sql` (a query, or `SHOW`) on the tables published
+    /// now; batches arrive as they are computed.
+    pub async fn stream(&self, sql: &str) -> Result<Rows> {
+        match self.single(sql)? {
+            Command::Query(statement) => self.run(&statement, &self.catalog.current(), None, self.time_limit()).await,
+            command => sessionless(command).map(Rows::from_answer),
+        }
+    }
+
+    /// Run the one read-only statement in `sql` and collect its answer.
+    pub async fn query(&self, sql: &str) -> Result<Answer> {
+        self.stream(sql).await?.collect().await
+    }
+
+    /// Run the one statement in `sql` with `$1`, `$2`, ... taking `params`, in order.
+    pub(crate) async fn stream_with_params(&self, sql: &str, params: ParamValues) -> Result<Rows> {
+        match self.single(sql)? {
+            Command::Query(statement) => {
+                self.run(&statement, &self.catalog.current(), Some(params), self.time_limit()).await
+            }
+            command => sessionless(command).map(Rows::from_answer),
         }
     }
 
     fn classify(&self, error: DataFusionError) -> QueryError {
-        let error = error.find_root().to_string();
-        if error.contains("Resources exhausted") {
-            return QueryError::Memory { limit: self.limits.memory_bytes, message: error };
-        }
-        for (what, text) in
-            [("DDL", "DDL not supported"), ("DML", "DML not supported"), ("statement", "Statement not supported")]
-        {
-            if error.contains(text) {
-                return QueryError::ReadOnly(format!("{what} is not allowed ({error})"));
-            }
-        }
-        QueryError::Sql(error)
+        classify(error, self.limits.memory_bytes)
     }
+}
+
+/// A session statement sent where there is no session (HTTP, Flight SQL): `SHOW` is answered
+/// with the defaults; a `SET` or `BEGIN` that would be refused anyway gets that refusal; the rest
+/// are refused as needing a session.
+fn sessionless(command: Command) -> Result<Answer> {
+    match Session::default().apply(&command)? {
+        Reply::Rows(answer) => Ok(answer),
+        _ => Err(QueryError::Session(command.tag())),
+    }
+}
+
+fn classify(error: DataFusionError, memory_limit: usize) -> QueryError {
+    let error = error.find_root().to_string();
+    if error.contains("Resources exhausted") {
+        return QueryError::Memory { limit: memory_limit, message: error };
+    }
+    for (what, text) in
+        [("DDL", "DDL not supported"), ("DML", "DML not supported"), ("statement", "Statement not supported")]
+    {
+        if error.contains(text) {
+            return QueryError::ReadOnly(format!("{what} is not allowed ({error})"));
+        }
+    }
+    QueryError::Sql(error)
 }
 
 fn sql_error(e: DataFusionError) -> QueryError {
     QueryError::Sql(e.to_string())
 }
 
+/// How an answer is encoded for HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// A JSON array of row objects (null fields left out).
+    Json,
+    /// CSV with a header line.
+    Csv,
+    /// An Arrow IPC stream.
+    ArrowIpc,
+}
+
+impl Encoding {
+    /// The media type of the encoding.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Encoding::Json => "application/json",
+            Encoding::Csv => "text/csv",
+            Encoding::ArrowIpc => "application/vnd.apache.arrow.stream",
+        }
+    }
+}
+
+/// Encodes an answer one batch at a time: `begin`, then `batch` for each, then `finish`.
+struct Encoder {
+    encoding: Encoding,
+    schema: SchemaRef,
+    rows_written: bool,
+    ipc: Option<datafusion::arrow::ipc::writer::StreamWriter<Vec<u8>>>,
+}
+
+fn encode_error(e: datafusion::arrow::error::ArrowError) -> QueryError {
+    QueryError::Encode(e.to_string())
+}
+
+impl Encoder {
+    fn new(encoding: Encoding, schema: SchemaRef) -> Encoder {
+        Encoder { encoding, schema, rows_written: false, ipc: None }
+    }
+
+    fn begin(&mut self) -> Result<Vec<u8>> {
+        match self.encoding {
+            Encoding::Json => Ok(b"[".to_vec()),
+            Encoding::Csv => {
+                let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(Vec::new());
+                writer.write(&RecordBatch::new_empty(self.schema.clone())).map_err(encode_error)?;
+                Ok(writer.into_inner())
+            }
+            Encoding::ArrowIpc => {
+                let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &self.schema)
+                    .map_err(encode_error)?;
+                let header = std::mem::take(writer.get_mut());
+                self.ipc = Some(writer);
+                Ok(header)
+            }
+        }
+    }
+
+    fn batch(&mut self, batch: &RecordBatch) -> Result<Vec<u8>> {
+        match self.encoding {
+            Encoding::Json => {
+                let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+                writer.write(batch).map_err(encode_error)?;
+                writer.finish().map_err(encode_error)?;
+                // One object per line (JSON escapes newlines inside strings): join them with commas.
+                let lines = writer.into_inner();
+                let mut out = Vec::with_capacity(lines.len() + 1);
+                for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    if self.rows_written {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(line);
+                    self.rows_written = true;
+                }
+                Ok(out)
+            }
+            Encoding::Csv => {
+                let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(false).build(Vec::new());
+                writer.write(batch).map_err(encode_error)?;
+                Ok(writer.into_inner())
+            }
+            Encoding::ArrowIpc => {
+                let writer = self.ipc.as_mut().ok_or_else(|| QueryError::Encode("IPC stream not begun".into()))?;
+                writer.write(batch).map_err(encode_error)?;
+                Ok(std::mem::take(writer.get_mut()))
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Result<Vec<u8>> {
+        match self.encoding {
+            Encoding::Json => Ok(b"]".to_vec()),
+            Encoding::Csv => Ok(Vec::new()),
+            Encoding::ArrowIpc => {
+                let writer = self.ipc.as_mut().ok_or_else(|| QueryError::Encode("IPC stream not begun".into()))?;
+                writer.finish().map_err(encode_error)?;
+                Ok(std::mem::take(writer.get_mut()))
+            }
+        }
+    }
+}
+
+/// The answer encoded as it streams: one chunk to begin, one per batch, one to end. An error
+/// ends the stream (after a first chunk has gone, the client sees a cut-off body).
+pub fn encode(rows: Rows, encoding: Encoding) -> BoxStream<'static, Result<Vec<u8>>> {
+    let mut encoder = Encoder::new(encoding, rows.schema);
+    let begin = futures::stream::once(futures::future::ready(encoder.begin()));
+    let encoder = Arc::new(Mutex::new(encoder));
+    let body = {
+        let encoder = encoder.clone();
+        rows.batches.map(move |batch| batch.and_then(|b| lock(&encoder).batch(&b)))
+    };
+    let end = futures::stream::once(async move { lock(&encoder).finish() });
+    begin.chain(body).chain(end).boxed()
+}
+
+/// [`encode`], after waiting for the first batch: an error found before any row (planning, the
+/// time limit, the first batch) is returned here, where a front end can still answer with an
+/// error status, rather than cutting the body off.
+pub async fn encode_stream(mut rows: Rows, encoding: Encoding) -> Result<BoxStream<'static, Result<Vec<u8>>>> {
+    let first = rows.batches.next().await.transpose()?;
+    let rest = std::mem::replace(&mut rows.batches, futures::stream::empty().boxed());
+    rows.batches = futures::stream::iter(first.map(Ok)).chain(rest).boxed();
+    Ok(encode(rows, encoding))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The whole answer, encoded.
+pub fn encode_answer(answer: &Answer, encoding: Encoding) -> Result<Vec<u8>> {
+    let mut encoder = Encoder::new(encoding, answer.schema.clone());
+    let mut out = encoder.begin()?;
+    for batch in &answer.batches {
+        out.extend(encoder.batch(batch)?);
+    }
+    out.extend(encoder.finish()?);
+    Ok(out)
+}
+
 /// The answer as a JSON array of row objects.
 pub fn to_json(answer: &Answer) -> Result<Vec<u8>> {
-    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
-    let batches: Vec<&RecordBatch> = answer.batches.iter().collect();
-    writer.write_batches(&batches).map_err(|e| QueryError::Encode(e.to_string()))?;
-    writer.finish().map_err(|e| QueryError::Encode(e.to_string()))?;
-    let mut out = writer.into_inner();
-    if out.is_empty() {
-        out.extend_from_slice(b"[]");
-    }
-    Ok(out)
+    encode_answer(answer, Encoding::Json)
 }
 
 /// The answer as CSV with a header line.
 pub fn to_csv(answer: &Answer) -> Result<Vec<u8>> {
-    let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(Vec::new());
-    if answer.batches.is_empty() {
-        writer.write(&RecordBatch::new_empty(answer.schema.clone())).map_err(|e| QueryError::Encode(e.to_string()))?;
-    }
-    for batch in &answer.batches {
-        writer.write(batch).map_err(|e| QueryError::Encode(e.to_string()))?;
-    }
-    Ok(writer.into_inner())
+    encode_answer(answer, Encoding::Csv)
 }
 
 /// The answer as an Arrow IPC stream.
 pub fn to_arrow_ipc(answer: &Answer) -> Result<Vec<u8>> {
-    let encode = |e: datafusion::arrow::error::ArrowError| QueryError::Encode(e.to_string());
-    let mut writer =
-        datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &answer.schema).map_err(encode)?;
-    for batch in &answer.batches {
-        writer.write(batch).map_err(encode)?;
-    }
-    writer.finish().map_err(encode)?;
-    writer.into_inner().map_err(encode)
+    encode_answer(answer, Encoding::ArrowIpc)
 }
 
 /// Read an Arrow IPC stream back into an answer.

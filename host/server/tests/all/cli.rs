@@ -69,7 +69,7 @@ fn plugin_build_prints_the_component_path() {
 fn demo_prints_answers_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let out = weir()
-        .args(["demo", "--no-serve", "--events", "3000", "--pg", "off", "--data-dir"])
+        .args(["demo", "--no-serve", "--events", "3000", "--pg", "off", "--flight", "off", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -90,7 +90,7 @@ fn serve_loads_configured_plugins_and_answers_http() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nhttp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[[plugin]]\npath = {:?}\n\n[[plugin]]\npath = {:?}\nparams = {{ threshold = \"10\" }}\n",
+            "[server]\nhttp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\nflight = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[[plugin]]\npath = {:?}\n\n[[plugin]]\npath = {:?}\nparams = {{ threshold = \"10\" }}\n",
             wasm("orders"),
             wasm("high-value-orders")
         ),
@@ -180,7 +180,7 @@ fn the_readme_first_plugin_builds_tests_and_runs() {
 
     let data = tempfile::tempdir().unwrap();
     let out = weir()
-        .args(["demo", "--no-serve", "--events", "2000", "--pg", "off", "--data-dir"])
+        .args(["demo", "--no-serve", "--events", "2000", "--pg", "off", "--flight", "off", "--data-dir"])
         .arg(data.path())
         .arg("--plugin")
         .arg(&crate_dir)
@@ -199,7 +199,7 @@ fn the_readme_first_plugin_builds_tests_and_runs() {
 fn weir_sql_asks_a_running_demo() {
     let data = tempfile::tempdir().unwrap();
     let mut child = weir()
-        .args(["demo", "--events", "2000", "--http", "127.0.0.1:0", "--pg", "off", "--data-dir"])
+        .args(["demo", "--events", "2000", "--http", "127.0.0.1:0", "--pg", "off", "--flight", "off", "--data-dir"])
         .arg(data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -62,7 +62,7 @@ fn produce(brokers: &str, topic: &str, events: &[Event]) {
 
 fn config(dir: &std::path::Path, brokers: &str, group: &str) -> std::path::PathBuf {
     let text = format!(
-        "[server]\nhttp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\ndata_dir = \"data\"\nbatch_size = 512\n\n[checkpoint]\ninterval_ms = 200\n\n\
+        "[server]\nhttp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\nflight = \"127.0.0.1:0\"\ndata_dir = \"data\"\nbatch_size = 512\n\n[checkpoint]\ninterval_ms = 200\n\n\
          [kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\nsession_timeout_ms = 6000\n\n[[plugin]]\npath = {:?}\n",
         wasm("orders")
     );

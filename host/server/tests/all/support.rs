@@ -91,6 +91,8 @@ pub struct WeirProcess {
     pub http: String,
     /// `PORT` of its Postgres listener, if it announced one.
     pub pg_port: Option<u16>,
+    /// `PORT` of its Flight SQL listener, if it announced one.
+    pub flight_port: Option<u16>,
 }
 
 impl WeirProcess {
@@ -110,6 +112,7 @@ impl WeirProcess {
         let mut seen = String::new();
         let mut http = None;
         let mut pg_port = None;
+        let mut flight_port = None;
         for line in lines.by_ref() {
             let Ok(line) = line else { break };
             seen.push_str(&line);
@@ -119,6 +122,9 @@ impl WeirProcess {
             }
             if let Some(addr) = line.strip_prefix("postgres wire protocol on ") {
                 pg_port = addr.rsplit(':').next().and_then(|p| p.trim().parse().ok());
+            }
+            if let Some(addr) = line.strip_prefix("arrow flight sql on grpc://") {
+                flight_port = addr.rsplit(':').next().and_then(|p| p.trim().parse().ok());
             }
             if line.starts_with("try: weir sql") {
                 break;
@@ -131,7 +137,7 @@ impl WeirProcess {
         };
         // Keep draining what it prints, as a terminal would.
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-        WeirProcess { child, http, pg_port }
+        WeirProcess { child, http, pg_port, flight_port }
     }
 
     /// SIGKILL, no chance to clean up.
@@ -247,7 +253,7 @@ pub fn produce_file(url: &str, topic: &str, file: &Path) -> String {
 /// A config file in `dir` running `plugins` (name, params) on the embedded log.
 pub fn write_config(dir: &Path, plugins: &[(&str, &str)], extra: &str) -> PathBuf {
     let mut text = format!(
-        "[server]\nhttp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\ndata_dir = \"data\"\nbatch_size = 256\n\n[checkpoint]\ninterval_ms = 150\n\n{extra}\n"
+        "[server]\nhttp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\nflight = \"127.0.0.1:0\"\ndata_dir = \"data\"\nbatch_size = 256\n\n[checkpoint]\ninterval_ms = 150\n\n{extra}\n"
     );
     for (name, params) in plugins {
         text.push_str(&format!("[[plugin]]\npath = {:?}\nparams = {{ {params} }}\n\n", wasm(name)));

@@ -1,0 +1,427 @@
+//! Arrow Flight SQL: the Arrow-native way in (ADBC's Flight SQL driver, `pyarrow.flight`, JDBC's
+//! Flight SQL driver, services). The same read-only SQL, limits and snapshots as `POST /v1/sql`
+//! and the Postgres listener, answered as Arrow record batches streamed as the query computes
+//! them, with no row-by-row conversion. The only module that knows arrow-flight and tonic exist.
+//!
+//! Served: statements (`CommandStatementQuery`), prepared statements with `$1` parameters bound
+//! by `DoPut` (one row of parameters), and the catalog calls (`GetCatalogs`, `GetDbSchemas`,
+//! `GetTables` with or without schemas, `GetTableTypes`, `GetSqlInfo`). Updates, ingestion,
+//! Substrait plans and transactions are refused: weir's SQL is read-only.
+//!
+//! A statement handle or ticket is the SQL text itself (with the bound parameters as an Arrow
+//! IPC stream), so the server keeps no per-client state and any replica can answer it.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightServiceServer;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
+};
+use arrow_flight::{FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
+use datafusion::common::{ParamValues, ScalarValue};
+use futures::{Stream, TryStreamExt};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::query::{DATABASE, QueryError, Rows, SqlEngine};
+
+/// A running Flight SQL listener; dropping it stops it.
+pub struct FlightServer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FlightServer {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for FlightServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Bind `addr` and answer Flight SQL against `sql` until the returned server is dropped.
+pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<FlightServer> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let service = FlightServiceServer::new(WeirFlightSql { sql, info: Arc::new(sql_info()?) });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let task = tokio::spawn(async move {
+        if let Err(e) = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await {
+            tracing::warn!(error = %e, "flight sql listener stopped");
+        }
+    });
+    tracing::info!(%addr, "arrow flight sql listening");
+    Ok(FlightServer { addr, task })
+}
+
+/// What `GetSqlInfo` answers.
+fn sql_info() -> std::io::Result<SqlInfoData> {
+    let mut info = SqlInfoDataBuilder::new();
+    info.append(SqlInfo::FlightSqlServerName, "weir");
+    info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    info.append(SqlInfo::FlightSqlServerArrowVersion, "59");
+    info.append(SqlInfo::FlightSqlServerReadOnly, true);
+    info.append(SqlInfo::FlightSqlServerSql, true);
+    info.append(SqlInfo::FlightSqlServerSubstrait, false);
+    info.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+    info.append(SqlInfo::FlightSqlServerCancel, false);
+    info.append(SqlInfo::FlightSqlServerStatementTimeout, 0i32);
+    info.build().map_err(std::io::Error::other)
+}
+
+#[derive(Clone)]
+struct WeirFlightSql {
+    sql: Arc<SqlEngine>,
+    info: Arc<SqlInfoData>,
+}
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
+
+/// A statement handle: the SQL, and the parameters bound to it (an Arrow IPC stream of one row).
+struct Handle {
+    sql: String,
+    params: Option<Vec<u8>>,
+}
+
+impl Handle {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + self.sql.len());
+        out.extend_from_slice(&(self.sql.len() as u32).to_le_bytes());
+        out.extend_from_slice(self.sql.as_bytes());
+        if let Some(params) = &self.params {
+            out.extend_from_slice(params);
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Handle, Status> {
+        let bad = || Status::invalid_argument("not a statement handle this server gave out");
+        let len = bytes.get(..4).ok_or_else(bad)?;
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let sql = bytes.get(4..4 + len).ok_or_else(bad)?;
+        let sql = String::from_utf8(sql.to_vec()).map_err(|_| bad())?;
+        let rest = &bytes[4 + len..];
+        Ok(Handle { sql, params: (!rest.is_empty()).then(|| rest.to_vec()) })
+    }
+
+    /// The bound parameters, `$1` first.
+    fn param_values(&self) -> Result<Option<ParamValues>, Status> {
+        let Some(bytes) = &self.params else { return Ok(None) };
+        let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(bytes.as_slice(), None)
+            .map_err(|e| Status::invalid_argument(format!("bound parameters: {e}")))?;
+        let mut values = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| Status::invalid_argument(format!("bound parameters: {e}")))?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            for column in batch.columns() {
+                values.push(
+                    ScalarValue::try_from_array(column, 0)
+                        .map_err(|e| Status::invalid_argument(format!("bound parameters: {e}")))?,
+                );
+            }
+            break;
+        }
+        Ok(Some(ParamValues::from(values)))
+    }
+}
+
+/// The gRPC status for each way a query can fail; the message is weir's.
+fn status(error: QueryError) -> Status {
+    let message = error.to_string();
+    match error {
+        QueryError::Timeout(_) => Status::deadline_exceeded(message),
+        QueryError::Memory { .. } => Status::resource_exhausted(message),
+        QueryError::ReadOnly(_) => Status::permission_denied(message),
+        QueryError::Encode(_) | QueryError::NameClash { .. } => Status::internal(message),
+        QueryError::Sql(_) | QueryError::Session(_) | QueryError::UnknownSetting(_) => {
+            Status::invalid_argument(message)
+        }
+    }
+}
+
+fn arrow_status(error: datafusion::arrow::error::ArrowError) -> Status {
+    Status::internal(error.to_string())
+}
+
+/// A `FlightInfo` whose one endpoint (this server) answers `ticket` with batches of `schema`.
+fn flight_info(schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
+    let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(arrow_status)?
+        .with_endpoint(endpoint)
+        .with_descriptor(descriptor)
+        .with_ordered(true);
+    Ok(Response::new(info))
+}
+
+/// Stream `rows` as Flight data.
+fn send(rows: Rows) -> Response<DoGetStream> {
+    let batches = rows.batches.map_err(|e| FlightError::ExternalError(Box::new(e)));
+    let data = FlightDataEncoderBuilder::new().with_schema(rows.schema).build(batches).map_err(Status::from);
+    Response::new(Box::pin(data))
+}
+
+/// Stream one batch (catalog answers).
+fn send_batch(batch: RecordBatch) -> Response<DoGetStream> {
+    let schema = batch.schema();
+    let data = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(futures::stream::once(futures::future::ready(Ok(batch))))
+        .map_err(Status::from);
+    Response::new(Box::pin(data))
+}
+
+fn schema_bytes(schema: &Schema) -> Result<Vec<u8>, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into().map_err(arrow_status)?;
+    Ok(bytes.to_vec())
+}
+
+impl WeirFlightSql {
+    async fn run(&self, handle: &Handle) -> Result<Response<DoGetStream>, Status> {
+        let rows = match handle.param_values()? {
+            None => self.sql.stream(&handle.sql).await,
+            Some(params) => self.sql.stream_with_params(&handle.sql, params).await,
+        };
+        Ok(send(rows.map_err(status)?))
+    }
+
+    /// Every table: (schema, table, Arrow schema), in schema `public` and in its plugin's.
+    fn tables(&self) -> Vec<(String, String, datafusion::arrow::datatypes::SchemaRef)> {
+        let mut out = Vec::new();
+        for model in self.sql.catalog().current().values() {
+            for table in &model.tables {
+                out.push(("public".to_string(), table.name.clone(), table.schema.clone()));
+                out.push((model.plugin.clone(), table.name.clone(), table.schema.clone()));
+            }
+        }
+        out
+    }
+
+    fn schema_names(&self) -> Vec<String> {
+        let mut names = vec!["public".to_string()];
+        names.extend(self.sql.catalog().current().keys().cloned());
+        names
+    }
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for WeirFlightSql {
+    type FlightService = WeirFlightSql;
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let description = self.sql.describe_sql(&query.query).await.map_err(status)?;
+        let handle = Handle { sql: query.query, params: None };
+        let ticket = TicketStatementQuery { statement_handle: handle.encode().into() };
+        flight_info(&description.schema, ticket.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.run(&Handle::decode(&ticket.statement_handle)?).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let description = self.sql.describe_sql(&query.query).await.map_err(status)?;
+        let params = Schema::new(
+            description
+                .params
+                .iter()
+                .enumerate()
+                .map(|(i, kind)| Field::new(format!("${}", i + 1), kind.clone().unwrap_or(DataType::Null), true))
+                .collect::<Vec<_>>(),
+        );
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: Handle { sql: query.query, params: None }.encode().into(),
+            dataset_schema: schema_bytes(&description.schema)?.into(),
+            parameter_schema: schema_bytes(&params)?.into(),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<(), Status> {
+        // Handles carry everything; there is nothing to free.
+        Ok(())
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let handle = Handle::decode(&query.prepared_statement_handle)?;
+        let data = request.into_inner().map_err(|e| FlightError::Tonic(Box::new(e)));
+        let batches: Vec<RecordBatch> =
+            FlightRecordBatchStream::new_from_flight_data(data).try_collect().await.map_err(Status::from)?;
+        let Some(first) = batches.iter().find(|b| b.num_rows() > 0) else {
+            return Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(handle.encode().into()) });
+        };
+        if batches.iter().map(RecordBatch::num_rows).sum::<usize>() > 1 {
+            return Err(Status::invalid_argument(
+                "bind one row of parameters: a query runs with one value for each placeholder",
+            ));
+        }
+        let mut writer =
+            datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &first.schema()).map_err(arrow_status)?;
+        writer.write(first).map_err(arrow_status)?;
+        writer.finish().map_err(arrow_status)?;
+        let params = writer.into_inner().map_err(arrow_status)?;
+        let bound = Handle { sql: handle.sql, params: Some(params) };
+        Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(bound.encode().into()) })
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let handle = Handle::decode(&query.prepared_statement_handle)?;
+        let description = self.sql.describe_sql(&handle.sql).await.map_err(status)?;
+        flight_info(&description.schema, query.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.run(&Handle::decode(&query.prepared_statement_handle)?).await
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append(DATABASE);
+        Ok(send_batch(builder.build().map_err(Status::from)?))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for name in self.schema_names() {
+            builder.append(DATABASE, name);
+        }
+        Ok(send_batch(builder.build().map_err(Status::from)?))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for (schema, table, arrow_schema) in self.tables() {
+            builder.append(DATABASE, schema, table, "TABLE", &arrow_schema).map_err(Status::from)?;
+        }
+        Ok(send_batch(builder.build().map_err(Status::from)?))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append("TABLE");
+        Ok(send_batch(builder.build().map_err(Status::from)?))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder(&self.info).schema();
+        flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        Ok(send_batch(query.into_builder(&self.info).build().map_err(Status::from)?))
+    }
+
+    async fn do_get_fallback(&self, _request: Request<Ticket>, message: Any) -> Result<Response<DoGetStream>, Status> {
+        Err(Status::unimplemented(format!("weir's Flight SQL does not answer {}", message.type_url)))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
