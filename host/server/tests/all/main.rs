@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod clients;
 mod golden;
 mod hostile;
 mod ingest;
