@@ -578,7 +578,6 @@ fn results(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     }
     let _ = stop_tx.send(());
     let _ = runtime.block_on(http_server);
-    drop((pg, flight));
 
     let mut figures = Vec::new();
     for ((name, _), (rates, firsts)) in fronts.iter().zip(samples) {

@@ -235,7 +235,12 @@ mod tests {
     fn plugin_paths_are_relative_to_the_file() {
         let config =
             Config::parse(Path::new("config/weir.toml"), "[[plugin]]\npath = \"../plugins/orders\"\n").unwrap();
-        assert_eq!(config.plugins[0].path, Path::new("config/../plugins/orders"));
+        let expected = std::env::current_dir().unwrap().join("config/../plugins/orders");
+        assert_eq!(config.plugins[0].path, expected);
+        // A file named without a directory anchors at the working directory, as an absolute path
+        // (the compiled-plugin cache under the data directory must be absolute).
+        let config = Config::parse(Path::new("weir.toml"), "[server]\ndata_dir = \"data\"\n").unwrap();
+        assert_eq!(config.server.data_dir, std::env::current_dir().unwrap().join("data"));
     }
 
     #[test]

@@ -327,7 +327,7 @@ impl FlightSqlService for WeirFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())
     }
 
@@ -388,7 +388,7 @@ impl FlightSqlService for WeirFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())
     }
 

@@ -23,12 +23,15 @@ use futures::{Sink, StreamExt};
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
 use pgwire::api::portal::Portal;
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::portal::PortalExecutionState;
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler, send_query_response};
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
-use pgwire::api::{ClientInfo, ClientPortalStore, NoopHandler, PgWireServerHandlers};
+use pgwire::api::store::{Entry, PortalStore};
+use pgwire::api::{ClientInfo, ClientPortalStore, NoopHandler, PgWireConnectionState, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::extendedquery::Execute;
 
 use crate::query::{Description, QueryError, Rows, SqlEngine};
 use crate::session::{Command, Reply, Session};
@@ -252,7 +255,7 @@ impl ExtendedQueryHandler for Queries {
     async fn do_query<C>(&self, _client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::PortalStore: pgwire::api::store::PortalStore<Statement = Prepared>,
+        C::PortalStore: PortalStore<Statement = Prepared>,
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
@@ -266,6 +269,38 @@ impl ExtendedQueryHandler for Queries {
             _ => None,
         };
         self.execute(&statement.command, params, &portal.result_column_format).await
+    }
+
+    /// An `Execute` asking for every row (what drivers send) of a query streams its rows as the
+    /// query produces them. (pgwire's default gathers every row of the portal before sending the
+    /// first; it still serves `Execute` with a row limit, and statements that return no rows.)
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(portal)) => portal,
+            _ => return self._on_execute(client, message).await,
+        };
+        let streams = message.max_rows == 0
+            && matches!(portal.statement.statement.command, Command::Query(_) | Command::Show(_))
+            && matches!(*portal.state().lock().await, PortalExecutionState::Initial)
+            && matches!(client.state(), PgWireConnectionState::ReadyForQuery);
+        if !streams {
+            return self._on_execute(client, message).await;
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let Response::Query(results) = ExtendedQueryHandler::do_query(self, client, portal.as_ref(), 0).await? else {
+            return Err(user_error("XX000", "a query answered without rows"));
+        };
+        *portal.state().lock().await = PortalExecutionState::Finished;
+        send_query_response(client, results, false).await?;
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        Ok(())
     }
 }
 

@@ -32,7 +32,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{ColumnarValue, LogicalPlan, Volatility, create_udf};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
-use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::catalog_info::CatalogInfo;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
@@ -257,7 +257,8 @@ pub struct Rows {
 impl Rows {
     /// Rows already computed.
     pub(crate) fn from_answer(answer: Answer) -> Rows {
-        Rows { schema: answer.schema, batches: futures::stream::iter(answer.batches.into_iter().map(Ok)).boxed() }
+        let batches = futures::stream::iter(answer.batches.into_iter().map(Ok)).fuse().boxed();
+        Rows { schema: answer.schema, batches }
     }
 
     /// Wait for every batch.
@@ -495,7 +496,28 @@ impl SqlEngine {
 
     /// Parse `sql` (Postgres syntax) into the commands it holds.
     pub(crate) fn parse(&self, sql: &str) -> Result<Vec<Command>> {
-        let statements = self.parser.parse(sql).map_err(|e| QueryError::Sql(e.to_string()))?;
+        let statements = match self.parser.parse(sql) {
+            Ok(statements) => statements,
+            Err(error) => {
+                // DataFusion's own write statements (`CREATE EXTERNAL TABLE`, its `COPY ... TO`
+                // forms) are not Postgres syntax: refuse them as the writes they are.
+                let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+                if let Ok(statements) = DFParser::parse_sql_with_dialect(sql, &dialect) {
+                    for statement in statements {
+                        match statement {
+                            DfStatement::CreateExternalTable(_) => {
+                                return Err(QueryError::ReadOnly("CREATE EXTERNAL TABLE is not allowed".into()));
+                            }
+                            DfStatement::CopyTo(_) => {
+                                return Err(QueryError::ReadOnly("COPY is not allowed".into()));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                return Err(QueryError::Sql(error.to_string()));
+            }
+        };
         statements.into_iter().map(Command::classify).collect()
     }
 
@@ -597,6 +619,7 @@ impl SqlEngine {
                     },
                 }
             })
+            .fuse()
             .boxed();
         Ok(Rows { schema, batches })
     }
@@ -778,6 +801,7 @@ pub fn encode(rows: Rows, encoding: Encoding) -> BoxStream<'static, Result<Vec<u
 /// time limit, the first batch) is returned here, where a front end can still answer with an
 /// error status, rather than cutting the body off.
 pub async fn encode_stream(mut rows: Rows, encoding: Encoding) -> Result<BoxStream<'static, Result<Vec<u8>>>> {
+    // `Rows` streams are fused: polling one again after its end is safe.
     let first = rows.batches.next().await.transpose()?;
     let rest = std::mem::replace(&mut rows.batches, futures::stream::empty().boxed());
     rows.batches = futures::stream::iter(first.map(Ok)).chain(rest).boxed();

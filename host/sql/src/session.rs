@@ -584,8 +584,8 @@ impl Session {
         let Some(setting) = find(name) else {
             let lower = name.to_ascii_lowercase();
             if lower.starts_with("datafusion.") {
-                return Err(QueryError::Sql(format!(
-                    "parameter \"{name}\" is the server's: weir's engine settings are fixed by its configuration"
+                return Err(QueryError::ReadOnly(format!(
+                    "parameter \"{name}\" is the server's, fixed by its configuration"
                 )));
             }
             if lower.contains('.') {
@@ -670,8 +670,7 @@ mod tests {
 
     fn shown(session: &Session, name: &str) -> String {
         let answer = session.show(name).unwrap();
-        let column = answer.batches[0].column(0).as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
-        column
+        answer.batches[0].column(0).as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string()
     }
 
     #[test]
@@ -715,7 +714,7 @@ mod tests {
             ("SET server_version = '17'", false),
             ("SET client_encoding = 'LATIN1'", false),
             ("SET no_such_setting = 1", false),
-            ("SET datafusion.execution.batch_size = 1", false),
+            ("SET datafusion.execution.batch_size = 1", true),
             ("SET extra_float_digits = 9", false),
         ] {
             let err = session.apply(&command(sql)).unwrap_err();

@@ -138,8 +138,16 @@ fn files_that_are_not_components_are_refused_at_load() {
 #[test]
 fn every_fixture_has_a_test() {
     // Add the test first, then the fixture's name here.
-    const TESTED: &[&str] =
-        &["bad-output", "huge-output", "infinite-loop", "memory-bomb", "panic", "sandbox-probe", "typed-columns", "wrong-world"];
+    const TESTED: &[&str] = &[
+        "bad-output",
+        "huge-output",
+        "infinite-loop",
+        "memory-bomb",
+        "panic",
+        "sandbox-probe",
+        "typed-columns",
+        "wrong-world",
+    ];
     assert_eq!(fixture_names(), TESTED);
 }
 

@@ -80,6 +80,104 @@ fn queries_are_read_only() {
     assert!(matches!(err, QueryError::Sql(_)), "{err}");
 }
 
+/// Rows of an answer as CSV lines, header first.
+fn csv_lines(engine: &SqlEngine, rt: &tokio::runtime::Runtime, sql: &str) -> Vec<String> {
+    let answer = rt.block_on(engine.query(sql)).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let text = String::from_utf8(weir_sql::query::to_csv(&answer).unwrap()).unwrap();
+    text.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn catalog_queries_describe_the_read_models() {
+    // What psql's \dt and \d, JDBC's getTables/getColumns and schema browsers ask, in their
+    // shape: pg_catalog joins, catalog functions, information_schema.
+    let engine = orders_engine(500, QueryLimits::default());
+    let rt = tokio();
+    let schemas = csv_lines(&engine, &rt, "SELECT nspname FROM pg_catalog.pg_namespace ORDER BY nspname");
+    assert_eq!(schemas, ["nspname", "information_schema", "orders", "pg_catalog", "public"]);
+    let tables = csv_lines(
+        &engine,
+        &rt,
+        "SELECT n.nspname, c.relname, c.relkind FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' \
+         ORDER BY 1, 2",
+    );
+    assert_eq!(
+        tables,
+        [
+            "nspname,relname,relkind",
+            "orders,customer_revenue,r",
+            "orders,orders,r",
+            "public,customer_revenue,r",
+            "public,orders,r"
+        ]
+    );
+    let columns = csv_lines(
+        &engine,
+        &rt,
+        "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull \
+         FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relname = 'orders' AND n.nspname = 'public' AND a.attnum > 0 ORDER BY a.attnum",
+    );
+    assert_eq!(
+        columns,
+        [
+            "attname,type,attnotnull",
+            "order_id,text,true",
+            "customer_id,text,true",
+            "status,text,true",
+            "amount,double precision,true",
+            "currency,text,true",
+            "placed_at,timestamp with time zone,true",
+            "paid_at,timestamp with time zone,false",
+            "shipped_at,timestamp with time zone,false",
+            "cancel_reason,text,false"
+        ]
+    );
+    // The id found by one query finds the table in the next (psql's \d does this).
+    let oid = csv_lines(
+        &engine,
+        &rt,
+        "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relname = 'customer_revenue' ORDER BY c.oid LIMIT 1",
+    )[1]
+    .clone();
+    let by_oid = csv_lines(&engine, &rt, &format!("SELECT relname FROM pg_catalog.pg_class WHERE oid = {oid}"));
+    assert_eq!(by_oid, ["relname", "customer_revenue"]);
+    let info = csv_lines(
+        &engine,
+        &rt,
+        "SELECT table_schema, table_name FROM information_schema.tables \
+         WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2",
+    );
+    assert_eq!(
+        info,
+        [
+            "table_schema,table_name",
+            "orders,customer_revenue",
+            "orders,orders",
+            "public,customer_revenue",
+            "public,orders"
+        ]
+    );
+    let functions = csv_lines(
+        &engine,
+        &rt,
+        "SELECT current_schema() AS s, current_database() AS d, pg_catalog.pg_get_userbyid(CAST(10 AS INT)) IS NOT NULL AS u, \
+         has_table_privilege('orders', 'SELECT') AS p, version() LIKE 'PostgreSQL 16.%' AS v",
+    );
+    assert_eq!(functions, ["s,d,u,p,v", "public,weir,true,true,true"]);
+    // SHOW works without a session; BEGIN and SET need one.
+    assert_eq!(csv_lines(&engine, &rt, "SHOW server_version"), ["server_version", "16.6"]);
+    for sql in ["BEGIN", "SET application_name = 'x'", "COMMIT"] {
+        let err = rt.block_on(engine.query(sql)).expect_err(sql);
+        assert!(matches!(err, QueryError::Session(_)), "{sql}: {err}");
+    }
+    let err = rt.block_on(engine.query("SHOW no_such_setting")).unwrap_err();
+    assert_eq!(err.to_string(), "unrecognized configuration parameter \"no_such_setting\"");
+}
+
 #[test]
 fn queries_past_their_limits_are_cancelled() {
     let rt = tokio();
