@@ -415,6 +415,93 @@ impl CatalogInfo for PublishedTables {
     }
 }
 
+/// The Postgres name of a column type, and its `udt_name`.
+fn pg_type_name(kind: &DataType) -> (String, String) {
+    let (name, udt) = match kind {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ("text", "text"),
+        DataType::Int64 => ("bigint", "int8"),
+        DataType::Int32 => ("integer", "int4"),
+        DataType::Float64 => ("double precision", "float8"),
+        DataType::Boolean => ("boolean", "bool"),
+        DataType::Timestamp(_, Some(_)) => ("timestamp with time zone", "timestamptz"),
+        DataType::Timestamp(_, None) => ("timestamp without time zone", "timestamp"),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => ("bytea", "bytea"),
+        other => return (other.to_string(), other.to_string()),
+    };
+    (name.to_string(), udt.to_string())
+}
+
+/// `information_schema` over `tables` as Postgres answers it: `schemata`, `tables` and `columns`
+/// (with Postgres type names, as tools such as Grafana read them), every table in `public` and in
+/// its plugin's schema.
+fn information_schema(tables: &Tables) -> Result<Arc<dyn SchemaProvider>> {
+    use datafusion::arrow::array::{ArrayRef, Int32Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    fn table(columns: Vec<(&str, ArrayRef)>) -> Result<Arc<MemTable>> {
+        let schema = Arc::new(Schema::new(
+            columns.iter().map(|(name, array)| Field::new(*name, array.data_type().clone(), true)).collect::<Vec<_>>(),
+        ));
+        let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect())
+            .map_err(|e| QueryError::Sql(e.to_string()))?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]]).map_err(sql_error)?))
+    }
+    let text = |values: Vec<String>| -> ArrayRef { Arc::new(StringArray::from(values)) };
+    let placed: Vec<(String, &crate::readmodel::TableSnapshot)> = tables
+        .values()
+        .flat_map(|model| model.tables.iter().flat_map(move |t| [("public".to_string(), t), (model.plugin.clone(), t)]))
+        .collect();
+
+    let mut schemas = vec!["public".to_string()];
+    schemas.extend(tables.keys().cloned());
+    schemas.extend(["pg_catalog".to_string(), "information_schema".to_string()]);
+    let schemata = table(vec![
+        ("catalog_name", text(vec![DATABASE.to_string(); schemas.len()])),
+        ("schema_name", text(schemas.clone())),
+        ("schema_owner", text(vec!["weir".to_string(); schemas.len()])),
+    ])?;
+
+    let listed = table(vec![
+        ("table_catalog", text(vec![DATABASE.to_string(); placed.len()])),
+        ("table_schema", text(placed.iter().map(|(s, _)| s.clone()).collect())),
+        ("table_name", text(placed.iter().map(|(_, t)| t.name.clone()).collect())),
+        ("table_type", text(vec!["BASE TABLE".to_string(); placed.len()])),
+    ])?;
+
+    let (mut schema_names, mut table_names, mut names, mut positions) = (vec![], vec![], vec![], vec![]);
+    let (mut nullable, mut data_types, mut udt_names) = (vec![], vec![], vec![]);
+    for (schema, t) in &placed {
+        for (i, field) in t.schema.fields().iter().enumerate() {
+            let (data_type, udt) = pg_type_name(field.data_type());
+            schema_names.push(schema.clone());
+            table_names.push(t.name.clone());
+            names.push(field.name().clone());
+            positions.push(i as i32 + 1);
+            nullable.push(if field.is_nullable() { "YES" } else { "NO" }.to_string());
+            data_types.push(data_type);
+            udt_names.push(udt);
+        }
+    }
+    let rows = names.len();
+    let columns = table(vec![
+        ("table_catalog", text(vec![DATABASE.to_string(); rows])),
+        ("table_schema", text(schema_names)),
+        ("table_name", text(table_names)),
+        ("column_name", text(names)),
+        ("ordinal_position", Arc::new(Int32Array::from(positions))),
+        ("column_default", Arc::new(StringArray::from(vec![None::<String>; rows]))),
+        ("is_nullable", text(nullable)),
+        ("data_type", text(data_types)),
+        ("udt_name", text(udt_names)),
+    ])?;
+
+    let provider = Arc::new(MemorySchemaProvider::new());
+    provider.register_table("schemata".into(), schemata).map_err(sql_error)?;
+    provider.register_table("tables".into(), listed).map_err(sql_error)?;
+    provider.register_table("columns".into(), columns).map_err(sql_error)?;
+    Ok(provider)
+}
+
 /// Runs SQL against the catalog.
 pub struct SqlEngine {
     catalog: Arc<Catalog>,
@@ -434,7 +521,8 @@ impl SqlEngine {
         let runtime =
             RuntimeEnvBuilder::new().with_memory_limit(limits.memory_bytes, 1.0).build_arc().map_err(sql_error)?;
         let config = SessionConfig::new()
-            .with_information_schema(true)
+            // weir serves its own `information_schema` (Postgres type names; see `information_schema`).
+            .with_information_schema(false)
             .with_target_partitions(2)
             .with_default_catalog_and_schema(DATABASE, "public")
             .set_str("datafusion.sql_parser.dialect", "postgresql");
@@ -488,6 +576,7 @@ impl SqlEngine {
         }
         database.register_schema("public", public).map_err(sql_error)?;
         database.register_schema("pg_catalog", self.pg_catalog.clone()).map_err(sql_error)?;
+        database.register_schema("information_schema", information_schema(tables)?).map_err(sql_error)?;
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog(DATABASE.to_string(), database);
         let state = SessionStateBuilder::new_from_existing(self.template.clone()).with_catalog_list(catalogs).build();

@@ -161,6 +161,27 @@ fn catalog_queries_describe_the_read_models() {
             "public,orders"
         ]
     );
+    let typed = csv_lines(
+        &engine,
+        &rt,
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name = 'orders' ORDER BY ordinal_position",
+    );
+    assert_eq!(
+        typed,
+        [
+            "column_name,data_type,is_nullable",
+            "order_id,text,NO",
+            "customer_id,text,NO",
+            "status,text,NO",
+            "amount,double precision,NO",
+            "currency,text,NO",
+            "placed_at,timestamp with time zone,NO",
+            "paid_at,timestamp with time zone,YES",
+            "shipped_at,timestamp with time zone,YES",
+            "cancel_reason,text,YES"
+        ]
+    );
     let functions = csv_lines(
         &engine,
         &rt,
