@@ -441,12 +441,24 @@ struct Transfer {
 }
 
 impl Transfer {
+    fn done(started: Instant, rows: u64, first: Option<f64>) -> Transfer {
+        Transfer { rows, first: first.unwrap_or(0.0), total: started.elapsed().as_secs_f64() * 1000.0 }
+    }
+
     fn count(started: Instant, rows: &mut u64, first: &mut Option<f64>, n: usize) {
         if n > 0 && first.is_none() {
             *first = Some(started.elapsed().as_secs_f64() * 1000.0);
         }
         *rows += n as u64;
     }
+}
+
+/// A tokio-postgres client of the listener on `port`, its connection driven on the runtime.
+async fn pg_connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
+    let config = format!("host=127.0.0.1 port={port} user=bench dbname=weir");
+    let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
 }
 
 /// One query's whole answer (`SELECT * FROM orders`, `rows` rows of 6 columns) over each SQL front
@@ -500,9 +512,7 @@ fn results(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
 
     let pg_text = || -> anyhow::Result<Transfer> {
         runtime.block_on(async {
-            let config = format!("host=127.0.0.1 port={} user=bench dbname=weir", pg.addr().port());
-            let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await?;
-            tokio::spawn(connection);
+            let client = pg_connect(pg.addr().port()).await?;
             let (started, mut count, mut first) = (Instant::now(), 0, None);
             let stream = client.simple_query_raw(SQL).await?;
             futures::pin_mut!(stream);
@@ -511,14 +521,12 @@ fn results(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
                     Transfer::count(started, &mut count, &mut first, 1);
                 }
             }
-            Ok(Transfer { rows: count, first: first.unwrap_or(0.0), total: started.elapsed().as_secs_f64() * 1000.0 })
+            Ok(Transfer::done(started, count, first))
         })
     };
     let pg_binary = || -> anyhow::Result<Transfer> {
         runtime.block_on(async {
-            let config = format!("host=127.0.0.1 port={} user=bench dbname=weir", pg.addr().port());
-            let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await?;
-            tokio::spawn(connection);
+            let client = pg_connect(pg.addr().port()).await?;
             let (started, mut count, mut first) = (Instant::now(), 0, None);
             let no_params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
             let stream = client.query_raw(SQL, no_params).await?;
@@ -527,7 +535,7 @@ fn results(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
                 row?;
                 Transfer::count(started, &mut count, &mut first, 1);
             }
-            Ok(Transfer { rows: count, first: first.unwrap_or(0.0), total: started.elapsed().as_secs_f64() * 1000.0 })
+            Ok(Transfer::done(started, count, first))
         })
     };
     let http_arrow = || -> anyhow::Result<Transfer> {
@@ -540,7 +548,7 @@ fn results(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
         for batch in arrow_ipc::reader::StreamReader::try_new(reader, None)? {
             Transfer::count(started, &mut count, &mut first, batch?.num_rows());
         }
-        Ok(Transfer { rows: count, first: first.unwrap_or(0.0), total: started.elapsed().as_secs_f64() * 1000.0 })
+        Ok(Transfer::done(started, count, first))
     };
     let flight_sql = || -> anyhow::Result<Transfer> {
         runtime.block_on(async {
@@ -556,7 +564,7 @@ fn results(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
                     Transfer::count(started, &mut count, &mut first, batch?.num_rows());
                 }
             }
-            Ok(Transfer { rows: count, first: first.unwrap_or(0.0), total: started.elapsed().as_secs_f64() * 1000.0 })
+            Ok(Transfer::done(started, count, first))
         })
     };
 

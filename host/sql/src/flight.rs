@@ -36,29 +36,11 @@ use futures::{Stream, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::Listener;
 use crate::query::{DATABASE, QueryError, Rows, SqlEngine};
 
-/// A running Flight SQL listener; dropping it stops it.
-pub struct FlightServer {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl FlightServer {
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for FlightServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Bind `addr` and answer Flight SQL against `sql` until the returned server is dropped.
-pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<FlightServer> {
+pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<Listener> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let service = FlightServiceServer::new(WeirFlightSql { sql, info: Arc::new(sql_info()?) });
@@ -69,7 +51,7 @@ pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<Fli
         }
     });
     tracing::info!(%addr, "arrow flight sql listening");
-    Ok(FlightServer { addr, task })
+    Ok(Listener { addr, task })
 }
 
 /// What `GetSqlInfo` answers.

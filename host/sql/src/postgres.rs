@@ -33,30 +33,12 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::extendedquery::Execute;
 
+use crate::Listener;
 use crate::query::{Description, QueryError, Rows, SqlEngine};
 use crate::session::{Command, Reply, Session};
 
-/// A running listener; dropping it stops accepting and closes every session.
-pub struct PgServer {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl PgServer {
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for PgServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Bind `addr` and serve queries against `sql` until the returned server is dropped.
-pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<PgServer> {
+pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<Listener> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -77,7 +59,7 @@ pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<PgS
         }
     });
     tracing::info!(%addr, "postgres wire protocol listening");
-    Ok(PgServer { addr, task })
+    Ok(Listener { addr, task })
 }
 
 /// One client connection: its handlers share its session.

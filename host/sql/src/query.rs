@@ -431,6 +431,30 @@ fn pg_type_name(kind: &DataType) -> (String, String) {
     (name.to_string(), udt.to_string())
 }
 
+/// `information_schema` over one statement's tables, built only when the statement reads it.
+#[derive(Debug)]
+struct InformationSchema(Tables);
+
+const INFORMATION_SCHEMA_TABLES: [&str; 3] = ["schemata", "tables", "columns"];
+
+#[async_trait::async_trait]
+impl SchemaProvider for InformationSchema {
+    fn table_names(&self) -> Vec<String> {
+        INFORMATION_SCHEMA_TABLES.map(String::from).to_vec()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
+        if !self.table_exist(name) {
+            return Ok(None);
+        }
+        information_schema(&self.0).map_err(|e| DataFusionError::External(Box::new(e)))?.table(name).await
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        INFORMATION_SCHEMA_TABLES.contains(&name)
+    }
+}
+
 /// `information_schema` over `tables` as Postgres answers it: `schemata`, `tables` and `columns`
 /// (with Postgres type names, as tools such as Grafana read them), every table in `public` and in
 /// its plugin's schema.
@@ -576,7 +600,9 @@ impl SqlEngine {
         }
         database.register_schema("public", public).map_err(sql_error)?;
         database.register_schema("pg_catalog", self.pg_catalog.clone()).map_err(sql_error)?;
-        database.register_schema("information_schema", information_schema(tables)?).map_err(sql_error)?;
+        database
+            .register_schema("information_schema", Arc::new(InformationSchema(tables.clone())))
+            .map_err(sql_error)?;
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog(DATABASE.to_string(), database);
         let state = SessionStateBuilder::new_from_existing(self.template.clone()).with_catalog_list(catalogs).build();
