@@ -494,6 +494,9 @@ fn results(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
         status: Arc::new(std::sync::RwLock::new(weir_host::status::Status::default())),
         sql: engine.clone(),
         sink: None,
+        token: None,
+        reads_need_token: false,
+        admin: None,
     });
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

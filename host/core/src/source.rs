@@ -61,6 +61,18 @@ pub trait Source: Send {
     fn start_offsets(&mut self, topic: &str, start: StartAt) -> Result<Vec<(u32, u64)>>;
     /// Before the first poll: start reading these partitions at these positions.
     fn start_from(&mut self, positions: &PositionMap);
+    /// While running: also read these topics, each partition not read yet from its position in
+    /// `positions` (0 when absent). Partitions read already keep their place.
+    fn add_topics(&mut self, topics: &[String], positions: &PositionMap) -> Result<()> {
+        let _ = positions;
+        if topics.iter().all(|t| self.assignment().iter().any(|(a, _)| a == t)) {
+            return Ok(());
+        }
+        Err(SourceError::Invalid(format!(
+            "{} cannot start reading more topics while it runs ({topics:?})",
+            self.describe()
+        )))
+    }
     /// The consumer-group steps, for a source whose partitions are shared with other processes
     /// (Kafka); `None` for a source this process reads alone (the embedded log).
     fn group(&mut self) -> Option<&mut dyn GroupMember> {

@@ -149,6 +149,18 @@ impl Source for EmbeddedSource {
         Ok(offsets)
     }
 
+    fn add_topics(&mut self, topics: &[String], positions: &PositionMap) -> Result<()> {
+        for topic in topics {
+            let partitions = self.log.create_topic(topic)?;
+            for partition in 0..partitions {
+                let key = (topic.clone(), partition);
+                let start = positions.get(&key).copied().unwrap_or(0);
+                self.next.entry(key).or_insert(start);
+            }
+        }
+        Ok(())
+    }
+
     fn start_from(&mut self, positions: &PositionMap) {
         for (key, next) in positions {
             if let Some(entry) = self.next.get_mut(key) {

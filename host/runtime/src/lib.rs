@@ -31,7 +31,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Cache, CacheConfig, Config, Engine, Store, Trap};
 
 use bindings::{PROJECTOR_EXPORT, REACTOR_EXPORT};
-pub use sandbox::KeyedState;
+pub use sandbox::{KeyedState, LogRing, LoggedLine, SharedLogs};
 use sandbox::{OUTPUT_PIPE_BYTES, PluginStore};
 use weir_core::event::{Event, OutgoingEvent, Position};
 use weir_core::row::{RowChange, RowChanges, TableSchema};
@@ -328,6 +328,7 @@ impl PluginRuntime {
             return Err(LoadError::WrongWorld { path, exports: exports.join(", ") });
         };
 
+        let component = content_hash(bytes);
         let fingerprint = {
             use sha2::{Digest, Sha256};
             let mut hasher = Sha256::new();
@@ -361,6 +362,8 @@ impl PluginRuntime {
             label: file_label,
             limits: self.limits.clone(),
             instances_started: 0,
+            logs: SharedLogs::default(),
+            component,
         };
         let info = plugin.describe().map_err(|message| LoadError::Describe { path: path.clone(), message })?;
         validate_info(&info).map_err(|problem| LoadError::Describe {
@@ -372,6 +375,12 @@ impl PluginRuntime {
         plugin.live = None;
         Ok(plugin)
     }
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Drop for PluginRuntime {
@@ -410,6 +419,8 @@ pub struct Plugin {
     label: Arc<str>,
     limits: Limits,
     instances_started: u64,
+    logs: SharedLogs,
+    component: String,
 }
 
 /// The raw outcome of one call: one entry per event, before the host checks it.
@@ -438,6 +449,42 @@ impl Plugin {
     /// How many instances have been started (1 + the number of recoveries after a trap).
     pub fn instances_started(&self) -> u64 {
         self.instances_started
+    }
+
+    /// SHA-256 of the component's bytes, hex: what the host stores versions by.
+    pub fn component(&self) -> &str {
+        &self.component
+    }
+
+    /// The parameters it was loaded with.
+    pub fn params(&self) -> &BTreeMap<String, String> {
+        &self.params
+    }
+
+    /// Run under another name than the one it declares (`weir plugin deploy --name`): its tables
+    /// are then published under that name, and its errors and logs say it.
+    pub fn rename(&mut self, name: &str) {
+        self.park();
+        self.info.name = name.to_string();
+        self.label = self.info.label().into();
+    }
+
+    /// Where its log lines go.
+    pub fn logs(&self) -> SharedLogs {
+        self.logs.clone()
+    }
+
+    /// Send its log lines to `logs` (the ring of the version it replaces).
+    pub fn share_logs(&mut self, logs: SharedLogs) {
+        self.park();
+        self.logs = logs;
+    }
+
+    /// Take the committed state out (for the version that takes over from this one), leaving
+    /// this plugin empty.
+    pub fn take_state(&mut self) -> KeyedState {
+        self.park();
+        std::mem::take(&mut self.parked_state)
     }
 
     /// The plugin's committed keyed state.
@@ -567,7 +614,7 @@ impl Plugin {
             let state = std::mem::take(&mut self.parked_state);
             let mut store = Store::new(
                 &self.engine,
-                PluginStore::new(self.label.clone(), self.params.clone(), &self.limits, state),
+                PluginStore::new(self.label.clone(), self.params.clone(), &self.limits, state, self.logs.clone()),
             );
             store.limiter(|data| &mut data.limits);
             store.epoch_deadline_trap();

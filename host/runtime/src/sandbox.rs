@@ -99,6 +99,52 @@ impl KeyedState {
     }
 }
 
+/// Lines a plugin's ring keeps; older ones are dropped.
+pub const LOG_RING_LINES: usize = 1_000;
+
+/// One line a plugin logged, as kept in its ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedLine {
+    /// Sequence number, increasing over the ring's life.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch (the host's clock; the plugin never sees it).
+    pub time_ms: u64,
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: &'static str,
+    /// `name@version` of the instance that logged it.
+    pub plugin: String,
+    /// The text (cut at the line cap).
+    pub message: String,
+}
+
+/// The last [`LOG_RING_LINES`] lines a plugin logged, shared between the instances of every
+/// version deployed under one name and whoever reads them (the admin API).
+#[derive(Debug, Default)]
+pub struct LogRing {
+    lines: std::collections::VecDeque<LoggedLine>,
+    next_seq: u64,
+}
+
+impl LogRing {
+    fn push(&mut self, level: &'static str, plugin: &str, message: String) {
+        let time_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.next_seq += 1;
+        if self.lines.len() == LOG_RING_LINES {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(LoggedLine { seq: self.next_seq, time_ms, level, plugin: plugin.to_string(), message });
+    }
+
+    /// The lines kept whose sequence number is above `seq`, oldest first.
+    pub fn after(&self, seq: u64) -> Vec<LoggedLine> {
+        self.lines.iter().filter(|l| l.seq > seq).cloned().collect()
+    }
+}
+
+/// A [`LogRing`] shared between threads.
+pub type SharedLogs = Arc<std::sync::Mutex<LogRing>>;
+
 /// The data of one plugin instance's store.
 pub(crate) struct PluginStore {
     wasi: WasiCtx,
@@ -111,6 +157,7 @@ pub(crate) struct PluginStore {
     label: Arc<str>,
     max_state_bytes: usize,
     logs_this_call: usize,
+    logs: SharedLogs,
 }
 
 impl PluginStore {
@@ -119,6 +166,7 @@ impl PluginStore {
         params: Arc<BTreeMap<String, String>>,
         caps: &Limits,
         state: KeyedState,
+        logs: SharedLogs,
     ) -> Self {
         let output = MemoryOutputPipe::new(OUTPUT_PIPE_BYTES);
         // No preopened directories, environment, arguments, network or name lookup; clocks that
@@ -152,6 +200,7 @@ impl PluginStore {
             label,
             max_state_bytes: caps.state_bytes,
             logs_this_call: 0,
+            logs,
         }
     }
 
@@ -196,6 +245,14 @@ impl host::Host for PluginStore {
             message.push_str(" [cut]");
         }
         let plugin = &*self.label;
+        let name = match level {
+            host::LogLevel::Trace => "trace",
+            host::LogLevel::Debug => "debug",
+            host::LogLevel::Info => "info",
+            host::LogLevel::Warn => "warn",
+            host::LogLevel::Error => "error",
+        };
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).push(name, plugin, message.clone());
         match level {
             host::LogLevel::Trace => tracing::trace!(target: "weir::plugin", plugin, "{message}"),
             host::LogLevel::Debug => tracing::debug!(target: "weir::plugin", plugin, "{message}"),

@@ -6,26 +6,51 @@
 //! `Accept: application/vnd.apache.arrow.stream`), `POST /v1/topics/{topic}/events` (one event,
 //! a JSON array or JSON lines; `?type=T&key=FIELD` for bare payloads; answers the positions). Every error is one JSON shape,
 //! `{"error": {"status": 400, "message": "..."}}`, with the matching HTTP status.
+//!
+//! The plugin lifecycle: `POST /v1/plugins` (the `.wasm` as the body;
+//! `?name=N&from=earliest|latest|TIME&param=K%3DV...&take_over=true`), `GET /v1/plugins/{name}`,
+//! `POST /v1/plugins/{name}/pause|resume|rollback|rebuild`, `DELETE /v1/plugins/{name}`,
+//! `GET /v1/plugins/{name}/versions`, `GET /v1/plugins/{name}/logs?after=SEQ`. A component is
+//! compiled, its world checked and `describe` called here, off the async threads; the change itself
+//! is made by the ingest loop between two batches (`admin.rs`).
+//!
+//! **Architecture Invariant:** every request that changes something (deploy, pause, resume,
+//! rollback, rebuild, remove, produce) carries the admin token (`Authorization: Bearer`), and a
+//! browser request from another origin never changes anything; when the HTTP listener is bound
+//! beyond loopback, reads need the token too.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use crate::status::{PluginStatus, Status, StatusBoard};
+use crate::admin::{AdminError, AdminRequest, Install, Intent};
+use crate::auth::AdminToken;
+use crate::pipeline::LogRings;
+use crate::registry::{Origin, Registry, Version, now_ms};
+use crate::status::{AdminOutcome, LogLine, PluginDetail, PluginStatus, Status, StatusBoard, VersionRecord};
+use weir_core::event::StartAt;
 use weir_core::event::{ProduceOptions, parse_events};
 use weir_core::source::{EventSink, SourceError};
+use weir_runtime::{Plugin, PluginRuntime, content_hash};
 
 use weir_sql::query::{Encoding, QueryError, SqlEngine, TableInfo, encode_stream};
 
 /// The largest body `POST /v1/topics/{topic}/events` accepts.
 const MAX_PRODUCE_BYTES: usize = 256 << 20;
+
+/// The largest component `POST /v1/plugins` accepts.
+const MAX_COMPONENT_BYTES: usize = 64 << 20;
+
+/// Longest an admin request waits for the ingest loop to take it.
+const ADMIN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Media type of an Arrow IPC stream.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -38,6 +63,26 @@ pub struct ApiState {
     pub sql: Arc<SqlEngine>,
     /// Where produced events go (absent: producing is refused).
     pub sink: Option<Arc<dyn EventSink>>,
+    /// The token requests that change something must carry (absent: none is checked).
+    pub token: Option<AdminToken>,
+    /// Reads need the token too (the listener is reachable beyond this machine).
+    pub reads_need_token: bool,
+    /// The plugin lifecycle (absent: the admin routes answer 503).
+    pub admin: Option<AdminApi>,
+}
+
+/// What the admin routes need: a runtime to load components with, the registry, the way to the
+/// ingest loop, and the plugins' log rings.
+#[derive(Clone)]
+pub struct AdminApi {
+    /// Loads and checks components.
+    pub runtime: Arc<PluginRuntime>,
+    /// Deployed versions.
+    pub registry: Arc<std::sync::Mutex<Registry>>,
+    /// Requests to the ingest loop.
+    pub requests: Arc<std::sync::Mutex<std::sync::mpsc::Sender<AdminRequest>>>,
+    /// Log lines per plugin.
+    pub logs: LogRings,
 }
 
 /// The error body every route uses.
@@ -45,6 +90,25 @@ pub struct ApiState {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into() }
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        let status = match e {
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
+            AdminError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            AdminError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -60,7 +124,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/", get(|| async { Html(include_str!("../../../dashboard/index.html")) }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/status", get(status))
-        .route("/v1/plugins", get(plugins))
+        .route("/v1/plugins", get(plugins).post(deploy).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)))
+        .route("/v1/plugins/{name}", get(plugin_detail).delete(remove))
+        .route("/v1/plugins/{name}/versions", get(versions))
+        .route("/v1/plugins/{name}/logs", get(logs))
+        .route("/v1/plugins/{name}/{action}", post(plugin_action))
         .route(
             "/v1/topics/{topic}/events",
             axum::routing::post(produce).layer(DefaultBodyLimit::max(MAX_PRODUCE_BYTES)),
@@ -70,7 +138,332 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .fallback(|method: Method, uri: Uri| async move {
             ApiError { status: StatusCode::NOT_FOUND, message: format!("no route for {method} {uri}") }
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+/// Whether a request changes something.
+fn changes_something(method: &Method, path: &str) -> bool {
+    let reads = *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS;
+    !reads && path != "/v1/sql"
+}
+
+/// The token and origin checks, before any route runs.
+async fn guard(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    let method = request.method().clone();
+    let mutating = changes_something(&method, &path);
+    let headers = request.headers();
+    if mutating && let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let own = [format!("http://{host}"), format!("https://{host}")];
+        let origin = origin.to_str().unwrap_or("");
+        if !own.iter().any(|o| o == origin) {
+            let message = format!(
+                "{method} {path} from a page of {origin}: requests from another origin may not change anything; nothing changed"
+            );
+            let _ = axum::body::to_bytes(request.into_body(), MAX_COMPONENT_BYTES.max(MAX_PRODUCE_BYTES)).await;
+            return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
+        }
+    }
+    let open = path == "/healthz" || path == "/";
+    if let Some(token) = &state.token
+        && !open
+        && (mutating || state.reads_need_token)
+    {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        let refusal = match given {
+            None => Some("needs the admin token: send `Authorization: Bearer <token>`"),
+            Some(given) if !token.matches(given.trim()) => {
+                Some("was sent with a token that is not this host's admin token")
+            }
+            Some(_) => None,
+        };
+        if let Some(why) = refusal {
+            // Read the body first: a client still sending it would otherwise see the connection
+            // cut instead of the answer.
+            let _ = axum::body::to_bytes(request.into_body(), MAX_COMPONENT_BYTES.max(MAX_PRODUCE_BYTES)).await;
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                format!("{method} {path} {why} (the host logs where its token file is; `weir` finds it on this machine); nothing changed"),
+            )
+            .into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+fn admin(state: &ApiState) -> Result<&AdminApi, ApiError> {
+    state
+        .admin
+        .as_ref()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this server has no plugin lifecycle"))
+}
+
+/// Send `request` to the ingest loop and wait for its answer.
+async fn ask(
+    admin: &AdminApi,
+    request: impl FnOnce(crate::admin::Reply) -> AdminRequest,
+) -> Result<AdminOutcome, ApiError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let unavailable =
+        || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the ingest loop is not running (the host is stopping)");
+    admin.requests.lock().unwrap_or_else(|e| e.into_inner()).send(request(reply)).map_err(|_| unavailable())?;
+    match tokio::time::timeout(ADMIN_WAIT, answer).await {
+        Ok(Ok(result)) => Ok(result?),
+        Ok(Err(_)) => Err(unavailable()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the ingest loop did not take the request within 60 s; it will still be applied when it does",
+        )),
+    }
+}
+
+/// `?name=N&from=F&param=K=V&take_over=true`, decoded.
+#[derive(Debug, Default)]
+struct DeployQuery {
+    name: Option<String>,
+    start: StartAt,
+    params: std::collections::BTreeMap<String, String>,
+    take_over: bool,
+}
+
+fn parse_deploy_query(raw: Option<&str>) -> Result<DeployQuery, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let mut query = DeployQuery::default();
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).map_err(|e| bad(format!("query parameter {key}: {e}")))?;
+        match key {
+            "name" => {
+                let valid = !value.is_empty()
+                    && value.len() <= 64
+                    && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+                if !valid {
+                    return Err(bad(format!("name {value:?} is not a plugin name (1 to 64 of a-z, 0-9, '-', '_')")));
+                }
+                query.name = Some(value);
+            }
+            "from" | "start" => query.start = value.parse().map_err(|e: String| bad(format!("from: {e}")))?,
+            "param" => {
+                let (k, v) = value.split_once('=').ok_or_else(|| bad(format!("param {value:?} is not NAME=VALUE")))?;
+                query.params.insert(k.to_string(), v.to_string());
+            }
+            "take_over" => {
+                query.take_over = match value.as_str() {
+                    "" | "true" | "1" => true,
+                    "false" | "0" => false,
+                    other => return Err(bad(format!("take_over={other} is not true or false"))),
+                }
+            }
+            other => {
+                return Err(bad(format!("unknown query parameter {other:?} (name, from, param, take_over)")));
+            }
+        }
+    }
+    Ok(query)
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = text.get(i + 1..i + 3).ok_or("a '%' without two hex digits")?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("%{hex} is not a byte"))?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| "not UTF-8".to_string())
+}
+
+/// Load a component on a blocking thread: compiled, world checked, `describe` called.
+async fn load_component(
+    admin: &AdminApi,
+    path: std::path::PathBuf,
+    bytes: Option<Vec<u8>>,
+    params: std::collections::BTreeMap<String, String>,
+    name: Option<String>,
+) -> Result<(Plugin, String), ApiError> {
+    let runtime = admin.runtime.clone();
+    tokio::task::spawn_blocking(move || {
+        let bytes = match bytes {
+            Some(bytes) => bytes,
+            None => std::fs::read(&path).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading {}: {e}", path.display()))
+            })?,
+        };
+        let hash = content_hash(&bytes);
+        let mut plugin = runtime
+            .load_bytes(&path, &bytes, params)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}; nothing changed")))?;
+        if let Some(name) = name
+            && name != plugin.info().name
+        {
+            plugin.rename(&name);
+        }
+        Ok((plugin, hash))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+async fn deploy(
+    State(state): State<Arc<ApiState>>,
+    RawQuery(raw): RawQuery,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<AdminOutcome>), ApiError> {
+    let admin = admin(&state)?;
+    let query = parse_deploy_query(raw.as_deref())?;
+    if body.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be the plugin's .wasm component; it is empty",
+        ));
+    }
+    // Errors name the upload; once kept, the component lives in `components/<hash>.wasm`.
+    let path = std::path::PathBuf::from(format!("the uploaded component ({} bytes)", body.len()));
+    let (plugin, hash) =
+        load_component(admin, path, Some(body.to_vec()), query.params.clone(), query.name.clone()).await?;
+    admin
+        .registry
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .store_component(&hash, &body)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("keeping the component: {e}")))?;
+    let version = Version {
+        deploy: 0,
+        component: hash,
+        version: plugin.info().version.clone(),
+        deployed_ms: now_ms(),
+        params: query.params,
+        start: query.start,
+        origin: Origin::Api,
+        config_path: None,
+        takes_over: None,
+    };
+    let intent = Intent::Deploy { take_over: query.take_over };
+    let outcome =
+        ask(admin, |reply| AdminRequest::Install(Box::new(Install { plugin, version, intent }), reply)).await?;
+    let code = if outcome.action == "deployed" { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((code, Json(outcome)))
+}
+
+async fn plugin_detail(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> Result<Json<PluginDetail>, ApiError> {
+    let status = read_status(&state);
+    let plugin = status
+        .plugins
+        .into_iter()
+        .find(|p| p.info.name == name)
+        .ok_or_else(|| ApiError::from(AdminError::NotFound(name.clone())))?;
+    let label = plugin.info.label();
+    let lag = status.lag.into_iter().filter(|l| l.plugin == label).collect();
+    Ok(Json(PluginDetail { status: plugin, lag }))
+}
+
+async fn remove(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<Json<AdminOutcome>, ApiError> {
+    let admin = admin(&state)?;
+    Ok(Json(ask(admin, |reply| AdminRequest::Remove(name, reply)).await?))
+}
+
+async fn plugin_action(
+    State(state): State<Arc<ApiState>>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<AdminOutcome>, ApiError> {
+    let admin = admin(&state)?;
+    let outcome = match action.as_str() {
+        "pause" => ask(admin, |reply| AdminRequest::Pause(name, reply)).await?,
+        "resume" => ask(admin, |reply| AdminRequest::Resume(name, reply)).await?,
+        "rollback" | "rebuild" => {
+            let (version, intent) = {
+                let registry = admin.registry.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = registry
+                    .entry(&name)
+                    .filter(|e| e.current.is_some())
+                    .ok_or_else(|| ApiError::from(AdminError::NotFound(name.clone())))?;
+                if action == "rebuild" {
+                    let current = entry.current_version().cloned().ok_or_else(|| AdminError::NotFound(name.clone()))?;
+                    (current, Intent::Rebuild)
+                } else {
+                    let previous =
+                        registry.previous(&name).and_then(|d| entry.version(d)).cloned().ok_or_else(|| {
+                            ApiError::from(AdminError::Conflict(format!(
+                                "{name} has no version older than the one serving (GET /v1/plugins/{name}/versions)"
+                            )))
+                        })?;
+                    (previous, Intent::Rollback)
+                }
+            };
+            let path = admin.registry.lock().unwrap_or_else(|e| e.into_inner()).component_path(&version.component);
+            let (plugin, _) = load_component(admin, path, None, version.params.clone(), Some(name.clone())).await?;
+            ask(admin, |reply| AdminRequest::Install(Box::new(Install { plugin, version, intent }), reply)).await?
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no action {other:?} for plugins (pause, resume, rollback, rebuild)"),
+            ));
+        }
+    };
+    Ok(Json(outcome))
+}
+
+async fn versions(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<VersionRecord>>, ApiError> {
+    let admin = admin(&state)?;
+    let records = admin.registry.lock().unwrap_or_else(|e| e.into_inner()).records(&name);
+    records.map(Json).ok_or_else(|| AdminError::NotFound(name).into())
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn logs(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Json<Vec<LogLine>>, ApiError> {
+    let admin = admin(&state)?;
+    let ring = admin.logs.lock().unwrap_or_else(|e| e.into_inner()).get(&name).cloned();
+    let ring = ring.ok_or_else(|| ApiError::from(AdminError::NotFound(name)))?;
+    let lines = ring.lock().unwrap_or_else(|e| e.into_inner()).after(query.after);
+    Ok(Json(
+        lines
+            .into_iter()
+            .map(|l| LogLine {
+                seq: l.seq,
+                time_ms: l.time_ms,
+                level: l.level.to_string(),
+                plugin: l.plugin,
+                message: l.message,
+            })
+            .collect(),
+    ))
 }
 
 fn read_status(state: &ApiState) -> Status {

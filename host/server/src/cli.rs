@@ -1,15 +1,38 @@
 //! The command line (clap): the only module that knows clap exists.
+//!
+//! `serve` and `demo` run a host in this process; `plugin build|inspect|new` work on files; every
+//! other verb talks to a running host over its HTTP API through [`AdminClient`], which carries the
+//! admin token: `--token`, else `WEIR_TOKEN`, else the token file a host on this machine
+//! advertised ([`weir_host::auth::discover`]).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use weir_core::event::StartAt;
 use weir_host::config::Config;
+use weir_host::scaffold::PluginTemplate;
 use weir_host::server::Host;
-use weir_host::status::Status;
+use weir_host::status::{AdminOutcome, LogLine, PluginDetail, PluginStatus, RebuildStatus, Status, VersionRecord};
 use weir_runtime::PluginKind;
 use weir_runtime::PluginRuntime;
+
+/// How often `--wait` asks a host how its rebuild is doing.
+const REBUILD_POLL: Duration = Duration::from_millis(200);
+/// How long `--wait` gives a host to start a rebuild before taking "no rebuild" for "finished".
+const REBUILD_START_GRACE: Duration = Duration::from_secs(2);
+/// How often `weir plugin logs --follow` asks for new lines.
+const LOGS_POLL: Duration = Duration::from_millis(500);
+/// How often `weir dev` looks at the crate's files.
+const DEV_POLL: Duration = Duration::from_millis(300);
+/// Cells of the rebuild progress bar.
+const PROGRESS_WIDTH: u64 = 10;
+/// What to do when the host refuses the token.
+const TOKEN_HINT: &str =
+    "pass --token, set WEIR_TOKEN, or run weir on the machine whose data directory holds the token file";
 
 /// weir: stream processing with WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -17,6 +40,18 @@ use weir_runtime::PluginRuntime;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where a running host answers, and the admin token to show it.
+#[derive(Debug, Clone, clap::Args)]
+struct HostArgs {
+    /// The host's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:7070", env = "WEIR_URL")]
+    url: String,
+    /// The admin token (default: the token file a host on this machine advertised for --url,
+    /// else <WEIR_DATA_DIR or ./data>/token).
+    #[arg(long, env = "WEIR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,15 +102,13 @@ enum Command {
         /// With --type: the payload field holding the event's key (aggregate id).
         #[arg(long, requires = "event_type")]
         key: Option<String>,
-        /// The host's HTTP address.
-        #[arg(long, default_value = "http://127.0.0.1:7070", env = "WEIR_URL")]
-        url: String,
+        #[command(flatten)]
+        host: HostArgs,
     },
     /// Show a running host's source, plugins, lag per partition and last checkpoint.
     Status {
-        /// The host's HTTP address.
-        #[arg(long, default_value = "http://127.0.0.1:7070", env = "WEIR_URL")]
-        url: String,
+        #[command(flatten)]
+        host: HostArgs,
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
@@ -84,9 +117,8 @@ enum Command {
     Sql {
         /// The query (read-only).
         sql: String,
-        /// The host's HTTP address.
-        #[arg(long, default_value = "http://127.0.0.1:7070", env = "WEIR_URL")]
-        url: String,
+        #[command(flatten)]
+        host: HostArgs,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -95,6 +127,21 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+    /// Watch a plugin crate and, on every change to its Cargo.toml or src/, run its tests, build
+    /// it and deploy it to a running host. Ctrl-C to stop.
+    Dev {
+        /// The plugin crate directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        #[command(flatten)]
+        host: HostArgs,
+        /// Deploy under this name (default: the name the plugin declares).
+        #[arg(long)]
+        name: Option<String>,
+        /// Deploy-time parameters, NAME=VALUE.
+        #[arg(long = "param", value_parser = parse_param)]
+        params: Vec<(String, String)>,
     },
 }
 
@@ -106,6 +153,15 @@ enum Format {
     Json,
     /// CSV with a header line.
     Csv,
+}
+
+/// The kind of plugin `weir plugin new` writes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum NewKind {
+    /// Events to read-model rows (a table per customer).
+    Projection,
+    /// Events to new events (large orders to a topic of their own).
+    Handler,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +180,122 @@ enum PluginCommand {
         #[arg(long = "param", value_parser = parse_param)]
         params: Vec<(String, String)>,
     },
+    /// Write a new plugin crate, ready to test, build and deploy.
+    New {
+        /// Its name: lowercase ASCII letters, digits, '-' and '_', starting with a letter.
+        name: String,
+        /// What it does.
+        #[arg(long, value_enum, default_value_t = NewKind::Projection)]
+        kind: NewKind,
+        /// Where to write it (default: ./NAME); must be new or empty.
+        dir: Option<PathBuf>,
+        /// The weir SDK directory it depends on (default: WEIR_SDK, else the sdk/ of the checkout
+        /// this weir was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Upload a plugin to a running host: a new plugin, or a new version of a deployed one.
+    Deploy {
+        /// A .wasm component, or a plugin crate directory (built first).
+        path: PathBuf,
+        #[command(flatten)]
+        host: HostArgs,
+        /// Deploy under this name (default: the name the plugin declares).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where it starts without a checkpoint of its own: earliest, latest or an RFC 3339 time.
+        #[arg(long, value_parser = parse_start)]
+        from: Option<StartAt>,
+        /// Deploy-time parameters, NAME=VALUE.
+        #[arg(long = "param", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+        /// A new version of a projection continues from the serving version's positions and
+        /// state instead of rebuilding its tables from its start.
+        #[arg(long)]
+        take_over: bool,
+        /// When the new version rebuilds its tables, show its progress until it serves.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List a running host's plugins.
+    List {
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one plugin: version, deploy, state, events, failures, rebuild and lag per partition.
+    Status {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop processing events; the plugin keeps its position and serves its tables.
+    Pause {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Process events again after a pause.
+    Resume {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Stop a plugin and drop its tables; its versions stay recorded.
+    Remove {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Go back to the version deployed before the serving one.
+    Rollback {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        host: HostArgs,
+        /// Show the progress of the rebuild until that version serves.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Rebuild a projection's tables from its start, beside the serving ones.
+    Rebuild {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        host: HostArgs,
+        /// Show the progress until the rebuilt tables serve.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List the versions deployed under a name, the serving one marked '*'.
+    Versions {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what a plugin logged.
+    Logs {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        host: HostArgs,
+        /// Keep printing new lines until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 fn parse_param(text: &str) -> Result<(String, String), String> {
@@ -132,20 +304,14 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
 }
 
+fn parse_start(text: &str) -> Result<StartAt, String> {
+    text.parse()
+}
+
 pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Plugin { command: PluginCommand::Build { dir } } => {
-            let wasm = weir_host::build::build_plugin(&dir)?;
-            println!("{}", wasm.display());
-            Ok(())
-        }
-        Command::Plugin { command: PluginCommand::Inspect { wasm, params } } => {
-            let runtime = PluginRuntime::new(Default::default(), None)?;
-            let plugin = runtime.load(&wasm, params.into_iter().collect())?;
-            println!("{}", serde_json::to_string_pretty(plugin.info())?);
-            Ok(())
-        }
-        Command::Sql { sql, url, format } => run_sql(&sql, &url, format),
+        Command::Plugin { command } => run_plugin(command),
+        Command::Sql { sql, host, format } => run_sql(&sql, &host, format),
         Command::Demo { events, http, no_serve, plugins, pg, flight, data_dir } => {
             let options = weir_host::demo::DemoOptions {
                 events,
@@ -170,8 +336,66 @@ pub fn run() -> anyhow::Result<()> {
             let listeners = Listeners { http: config.server.http, pg: config.server.pg, flight: config.server.flight };
             serve(&tokio_runtime()?, listeners, host)
         }
-        Command::Produce { topic, file, event_type, key, url } => run_produce(&topic, file, event_type, key, &url),
-        Command::Status { url, json } => run_status(&url, json),
+        Command::Produce { topic, file, event_type, key, host } => run_produce(&topic, file, event_type, key, &host),
+        Command::Status { host, json } => run_status(&host, json),
+        Command::Dev { dir, host, name, params } => run_dev(&dir, &host, name.as_deref(), &params),
+    }
+}
+
+/// `weir plugin ...`.
+fn run_plugin(command: PluginCommand) -> anyhow::Result<()> {
+    match command {
+        PluginCommand::Build { dir } => {
+            let wasm = weir_host::build::build_plugin(&dir)?;
+            println!("{}", wasm.display());
+            Ok(())
+        }
+        PluginCommand::Inspect { wasm, params } => {
+            let runtime = PluginRuntime::new(Default::default(), None)?;
+            let plugin = runtime.load(&wasm, params.into_iter().collect())?;
+            println!("{}", serde_json::to_string_pretty(plugin.info())?);
+            Ok(())
+        }
+        PluginCommand::New { name, kind, dir, sdk } => {
+            let template = match kind {
+                NewKind::Projection => PluginTemplate::Projection,
+                NewKind::Handler => PluginTemplate::Handler,
+            };
+            let dir = weir_host::scaffold::new_plugin(&name, template, dir.as_deref(), sdk.as_deref())?;
+            let shown = dir.display();
+            say(format!("created the {template} plugin {name} in {shown}"));
+            say("next:");
+            say(format!("  cd {shown} && cargo test     # its logic, natively"));
+            say(format!("  weir plugin deploy {shown}   # build it, upload it to a running host"));
+            say(format!("  weir dev {shown}             # test, build and deploy again on every change"));
+            Ok(())
+        }
+        PluginCommand::Deploy { path, host, name, from, params, take_over, wait } => {
+            let client = AdminClient::new(&host);
+            let wasm = component_at(&path)?;
+            let request = DeployRequest { name: name.as_deref(), from, params: &params, take_over };
+            let outcome = upload(&client, &wasm, &request)?;
+            say(&outcome.message);
+            if wait && outcome.action == "rebuilding" {
+                wait_for_rebuild(&client, &outcome.name)?;
+            }
+            Ok(())
+        }
+        PluginCommand::List { host, json } => run_list(&host, json),
+        PluginCommand::Status { name, host, json } => run_plugin_status(&name, &host, json),
+        PluginCommand::Pause { name, host } => admin_action(&host, &name, "pause", false),
+        PluginCommand::Resume { name, host } => admin_action(&host, &name, "resume", false),
+        PluginCommand::Rollback { name, host, wait } => admin_action(&host, &name, "rollback", wait),
+        PluginCommand::Rebuild { name, host, wait } => admin_action(&host, &name, "rebuild", wait),
+        PluginCommand::Remove { name, host } => {
+            let client = AdminClient::new(&host);
+            let path = plugin_path(&name);
+            let outcome: AdminOutcome = decode(&client.delete(&path)?, &path)?;
+            say(&outcome.message);
+            Ok(())
+        }
+        PluginCommand::Versions { name, host, json } => run_versions(&name, &host, json),
+        PluginCommand::Logs { name, host, follow } => run_logs(&name, &host, follow),
     }
 }
 
@@ -196,8 +420,11 @@ struct Listeners {
 /// Serve the API (and the Postgres and Flight SQL listeners) until Ctrl-C or SIGTERM, then stop
 /// the host, which writes its final checkpoint.
 fn serve(runtime: &tokio::runtime::Runtime, listeners: Listeners, host: Host) -> anyhow::Result<()> {
-    let state = host.api_state();
+    let state = host.api_state(listeners.http);
     let sql = host.sql.clone();
+    let token = host.token.clone();
+    // A listener reachable beyond this machine takes the admin token as its password.
+    let guard = |addr: SocketAddr| (!addr.ip().is_loopback()).then(|| host.token.secret().to_string());
     let served = runtime.block_on(async move {
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -208,7 +435,7 @@ fn serve(runtime: &tokio::runtime::Runtime, listeners: Listeners, host: Host) ->
         };
         let pg_server = match listeners.pg {
             Some(addr) => Some(
-                weir_sql::postgres::start(addr, sql.clone())
+                weir_sql::postgres::start_guarded(addr, sql.clone(), guard(addr))
                     .await
                     .with_context(|| format!("serving Postgres wire on {addr}"))?,
             ),
@@ -216,7 +443,9 @@ fn serve(runtime: &tokio::runtime::Runtime, listeners: Listeners, host: Host) ->
         };
         let flight_server = match listeners.flight {
             Some(addr) => Some(
-                weir_sql::flight::start(addr, sql).await.with_context(|| format!("serving Flight SQL on {addr}"))?,
+                weir_sql::flight::start_guarded(addr, sql, guard(addr))
+                    .await
+                    .with_context(|| format!("serving Flight SQL on {addr}"))?,
             ),
             None => None,
         };
@@ -225,6 +454,7 @@ fn serve(runtime: &tokio::runtime::Runtime, listeners: Listeners, host: Host) ->
         // A closed stdout (`weir demo | head`) must not take the server down.
         let announce = move |addr| {
             use std::io::Write;
+            token.advertise(addr);
             let mut out = std::io::stdout();
             let _ = writeln!(out, "\nserving http://{addr}/ (GET /v1/status, /v1/tables, /v1/plugins; POST /v1/sql, /v1/topics/TOPIC/events); Ctrl-C to stop");
             if let Some(pg) = pg_addr {
@@ -232,6 +462,14 @@ fn serve(runtime: &tokio::runtime::Runtime, listeners: Listeners, host: Host) ->
             }
             if let Some(flight) = flight_addr {
                 let _ = writeln!(out, "arrow flight sql on grpc://{flight}");
+            }
+            match &token.file {
+                Some(file) => {
+                    let _ = writeln!(out, "admin token in {}", file.display());
+                }
+                None => {
+                    let _ = writeln!(out, "admin token from the config or WEIR_TOKEN");
+                }
             }
             let _ = writeln!(out, "try: weir sql --url http://{addr} \"SELECT status, count(*) FROM orders GROUP BY status\"");
             if let Some(pg) = pg_addr {
@@ -249,55 +487,164 @@ fn serve(runtime: &tokio::runtime::Runtime, listeners: Listeners, host: Host) ->
     served
 }
 
-/// `weir produce`: send events to a running host.
-fn run_produce(
-    topic: &str,
-    file: Option<PathBuf>,
-    event_type: Option<String>,
-    key: Option<String>,
-    url: &str,
-) -> anyhow::Result<()> {
-    use std::io::Read;
-    let body = match &file {
-        Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-        None => {
-            let mut bytes = Vec::new();
-            std::io::stdin().read_to_end(&mut bytes).context("reading stdin")?;
-            bytes
+/// Print a line on stdout; a closed stdout (`weir ... | head`) is not an error.
+fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// Print what the API answered, as it answered it (`--json`).
+fn print_raw(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = out.write_all(bytes);
+    if !bytes.ends_with(b"\n") {
+        let _ = out.write_all(b"\n");
+    }
+}
+
+/// The HTTP methods the admin API uses.
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Get,
+    Post,
+    Delete,
+}
+
+/// No host answered at the address: nothing listens there, the name does not resolve, or the
+/// connection broke.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach weir at {url}; is it running (weir demo, weir serve)?")]
+struct Unreachable {
+    /// The address.
+    url: String,
+    /// What the HTTP client saw.
+    #[source]
+    source: ureq::Error,
+}
+
+/// A running host's HTTP API, and the token it is shown on every request.
+struct AdminClient {
+    /// `http://HOST:PORT`, without a trailing '/'.
+    url: String,
+    /// Sent as `Authorization: Bearer <token>` when known.
+    token: Option<String>,
+    /// Keeps connections open between the requests of a polling loop.
+    agent: ureq::Agent,
+}
+
+impl AdminClient {
+    /// A client for the host `host` names, with the token given or else found on this machine.
+    fn new(host: &HostArgs) -> AdminClient {
+        let url = host.url.trim_end_matches('/').to_string();
+        let token = host
+            .token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .or_else(|| weir_host::auth::discover(&url));
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        AdminClient { url, token, agent }
+    }
+
+    /// One HTTP exchange: the status code and the body, whatever the status. Only a host that
+    /// cannot be reached is an error ([`Unreachable`]).
+    fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+        accept: &str,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let endpoint = format!("{}{path}", self.url);
+        let sent = match method {
+            Method::Get => self.headers(self.agent.get(endpoint.as_str()), accept).call(),
+            Method::Delete => self.headers(self.agent.delete(endpoint.as_str()), accept).call(),
+            Method::Post => {
+                let request = self.headers(self.agent.post(endpoint.as_str()), accept);
+                match body {
+                    Some((content_type, bytes)) => request.header("content-type", content_type).send(bytes),
+                    None => request.send_empty(),
+                }
+            }
+        };
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(
+                source @ (ureq::Error::Io(_)
+                | ureq::Error::HostNotFound
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::Timeout(_)),
+            ) => return Err(Unreachable { url: self.url.clone(), source }.into()),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("asking weir at {endpoint}"))),
+        };
+        let status = response.status().as_u16();
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .with_context(|| format!("reading the answer of {endpoint}"))?;
+        Ok((status, bytes))
+    }
+
+    /// `accept`, and the token when there is one.
+    fn headers<B>(&self, request: ureq::RequestBuilder<B>, accept: &str) -> ureq::RequestBuilder<B> {
+        let request = request.header("accept", accept);
+        match &self.token {
+            Some(token) => request.header("authorization", format!("Bearer {token}")),
+            None => request,
         }
-    };
-    let source = file.as_ref().map_or("stdin".to_string(), |p| p.display().to_string());
-    let mut endpoint = format!("{}/v1/topics/{topic}/events", url.trim_end_matches('/'));
-    let mut query = Vec::new();
-    if let Some(t) = &event_type {
-        query.push(format!("type={}", encode_query(t)));
     }
-    if let Some(k) = &key {
-        query.push(format!("key={}", encode_query(k)));
+
+    /// A JSON exchange: the body of a success, else an error with the API's message.
+    fn json_request(&self, method: Method, path: &str, body: Option<(&str, &[u8])>) -> anyhow::Result<Vec<u8>> {
+        let (status, bytes) = self.exchange(method, path, body, "application/json")?;
+        if !(200..300).contains(&status) {
+            return Err(refusal(status, &bytes));
+        }
+        Ok(bytes)
     }
-    if !query.is_empty() {
-        endpoint = format!("{endpoint}?{}", query.join("&"));
+
+    fn get(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        self.json_request(Method::Get, path, None)
     }
-    let (status, bytes) =
-        http_request("POST", &endpoint, Some(("application/x-ndjson", &body)), "application/json", url)?;
-    if !status {
-        anyhow::bail!("{source}: {}", error_message(&bytes));
+
+    fn post(&self, path: &str, body: Option<(&str, &[u8])>) -> anyhow::Result<Vec<u8>> {
+        self.json_request(Method::Post, path, body)
     }
-    let answer: serde_json::Value = serde_json::from_slice(&bytes)?;
-    let positions = answer["positions"].as_array().cloned().unwrap_or_default();
-    let mut per_partition: std::collections::BTreeMap<u64, (u64, u64, u64)> = Default::default();
-    for p in &positions {
-        let (partition, offset) = (p["partition"].as_u64().unwrap_or(0), p["offset"].as_u64().unwrap_or(0));
-        let entry = per_partition.entry(partition).or_insert((u64::MAX, 0, 0));
-        entry.0 = entry.0.min(offset);
-        entry.1 = entry.1.max(offset);
-        entry.2 += 1;
+
+    fn delete(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        self.json_request(Method::Delete, path, None)
     }
-    println!("wrote {} events to {topic}", positions.len());
-    for (partition, (first, last, n)) in per_partition {
-        println!("  {topic}/{partition}: {n} events at offsets {first}..={last}");
+
+    /// GET `path` and decode its JSON as `T`.
+    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        decode(&self.get(path)?, path)
     }
-    Ok(())
+}
+
+/// Decode what `path` answered.
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &str) -> anyhow::Result<T> {
+    serde_json::from_slice(bytes)
+        .with_context(|| format!("{path} answered with something this weir does not understand"))
+}
+
+/// The error for a request the host refused: the API's message, and on 401 how to give the token.
+fn refusal(status: u16, bytes: &[u8]) -> anyhow::Error {
+    let mut message = error_message(bytes);
+    if message.trim().is_empty() {
+        message = format!("the host answered HTTP {status}");
+    }
+    if status == 401 { anyhow::anyhow!("{message}; {TOKEN_HINT}") } else { anyhow::anyhow!("{message}") }
+}
+
+fn error_message(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
 fn encode_query(text: &str) -> String {
@@ -312,24 +659,74 @@ fn encode_query(text: &str) -> String {
         .collect()
 }
 
-/// `weir status`: print a running host's status.
-fn run_status(url: &str, json: bool) -> anyhow::Result<()> {
-    let endpoint = format!("{}/v1/status", url.trim_end_matches('/'));
-    let (ok, bytes) = http_request("GET", &endpoint, None, "application/json", url)?;
-    if !ok {
-        anyhow::bail!("{}", error_message(&bytes));
+/// `path?a&b`, or `path` when there is no query.
+fn with_query(path: &str, query: &[String]) -> String {
+    if query.is_empty() { path.to_string() } else { format!("{path}?{}", query.join("&")) }
+}
+
+/// `/v1/plugins/{name}`.
+fn plugin_path(name: &str) -> String {
+    format!("/v1/plugins/{}", encode_query(name))
+}
+
+/// `weir produce`: send events to a running host.
+fn run_produce(
+    topic: &str,
+    file: Option<PathBuf>,
+    event_type: Option<String>,
+    key: Option<String>,
+    host: &HostArgs,
+) -> anyhow::Result<()> {
+    use std::io::Read;
+    let body = match &file {
+        Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        None => {
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).context("reading stdin")?;
+            bytes
+        }
+    };
+    let source = file.as_ref().map_or("stdin".to_string(), |p| p.display().to_string());
+    let mut query = Vec::new();
+    if let Some(t) = &event_type {
+        query.push(format!("type={}", encode_query(t)));
     }
+    if let Some(k) = &key {
+        query.push(format!("key={}", encode_query(k)));
+    }
+    let path = with_query(&format!("/v1/topics/{}/events", encode_query(topic)), &query);
+    let client = AdminClient::new(host);
+    let (status, bytes) =
+        client.exchange(Method::Post, &path, Some(("application/x-ndjson", &body)), "application/json")?;
+    if !(200..300).contains(&status) {
+        anyhow::bail!("{source}: {}", refusal(status, &bytes));
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&bytes)?;
+    let positions = answer["positions"].as_array().cloned().unwrap_or_default();
+    let mut per_partition: std::collections::BTreeMap<u64, (u64, u64, u64)> = Default::default();
+    for p in &positions {
+        let (partition, offset) = (p["partition"].as_u64().unwrap_or(0), p["offset"].as_u64().unwrap_or(0));
+        let entry = per_partition.entry(partition).or_insert((u64::MAX, 0, 0));
+        entry.0 = entry.0.min(offset);
+        entry.1 = entry.1.max(offset);
+        entry.2 += 1;
+    }
+    say(format!("wrote {} events to {topic}", positions.len()));
+    for (partition, (first, last, n)) in per_partition {
+        say(format!("  {topic}/{partition}: {n} events at offsets {first}..={last}"));
+    }
+    Ok(())
+}
+
+/// `weir status`: print a running host's status.
+fn run_status(host: &HostArgs, json: bool) -> anyhow::Result<()> {
+    let client = AdminClient::new(host);
+    let bytes = client.get("/v1/status")?;
     if json {
-        println!("{}", String::from_utf8_lossy(&bytes));
+        print_raw(&bytes);
         return Ok(());
     }
-    let status: Status = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{endpoint} answered with something that is not weir's status"))?;
-    // A closed stdout (`weir status | head`) is not an error.
-    let say = |line: String| {
-        use std::io::Write;
-        let _ = writeln!(std::io::stdout(), "{line}");
-    };
+    let status: Status = decode(&bytes, "/v1/status")?;
     say(format!("source: {}", status.source));
     if let Some(error) = &status.source_error {
         say(format!("source error: {error}"));
@@ -340,17 +737,18 @@ fn run_status(url: &str, json: bool) -> anyhow::Result<()> {
             "last checkpoint: #{} ({} rows, {} bytes, written in {} ms)",
             c.seq, c.rows, c.bytes, c.write_ms
         )),
-        None => say("last checkpoint: none yet".to_string()),
+        None => say("last checkpoint: none yet"),
     }
     let plugins: Vec<Vec<String>> = status
         .plugins
         .iter()
         .map(|p| {
-            let world = match p.info.kind {
-                PluginKind::Projection { .. } => "projection",
-                PluginKind::Handler { .. } => "handler",
-            };
-            vec![p.info.label(), world.to_string(), p.events_ok.to_string(), p.events_failed.to_string()]
+            vec![
+                p.info.label(),
+                kind_name(&p.info.kind).to_string(),
+                p.events_ok.to_string(),
+                p.events_failed.to_string(),
+            ]
         })
         .collect();
     weir_host::demo::print_table("plugins", &["plugin", "world", "ok", "failed"], &plugins);
@@ -371,64 +769,514 @@ fn run_status(url: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn error_message(bytes: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(bytes)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned())
-}
-
-/// One HTTP exchange with a running host: (success, body).
-fn http_request(
-    method: &str,
-    endpoint: &str,
-    body: Option<(&str, &[u8])>,
-    accept: &str,
-    url: &str,
-) -> anyhow::Result<(bool, Vec<u8>)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let unreachable = || format!("cannot reach weir at {url}; is it running (weir demo, weir serve)?");
-    let mut response = match (method, body) {
-        ("POST", Some((content_type, bytes))) => agent
-            .post(endpoint)
-            .header("content-type", content_type)
-            .header("accept", accept)
-            .send(bytes)
-            .with_context(unreachable)?,
-        _ => agent.get(endpoint).header("accept", accept).call().with_context(unreachable)?,
-    };
-    let ok = response.status().is_success();
-    let bytes = response.body_mut().with_config().limit(1 << 30).read_to_vec()?;
-    Ok((ok, bytes))
-}
-
 /// `weir sql`: POST the query to a running host and print the answer.
-fn run_sql(sql: &str, url: &str, format: Format) -> anyhow::Result<()> {
+fn run_sql(sql: &str, host: &HostArgs, format: Format) -> anyhow::Result<()> {
     let accept = match format {
         Format::Table => weir_host::api::ARROW_STREAM,
         Format::Json => "application/json",
         Format::Csv => "text/csv",
     };
-    let endpoint = format!("{}/v1/sql", url.trim_end_matches('/'));
     let body = serde_json::to_vec(&serde_json::json!({ "sql": sql }))?;
-    let (ok, bytes) = http_request("POST", &endpoint, Some(("application/json", &body)), accept, url)?;
-    if !ok {
-        anyhow::bail!("{}", error_message(&bytes));
+    let client = AdminClient::new(host);
+    let (status, bytes) = client.exchange(Method::Post, "/v1/sql", Some(("application/json", &body)), accept)?;
+    if !(200..300).contains(&status) {
+        return Err(refusal(status, &bytes));
     }
     match format {
-        Format::Table => {
-            use std::io::Write;
-            let table = weir_sql::query::to_table(&weir_sql::query::from_arrow_ipc(&bytes)?)?;
-            // A closed stdout (`| head`) is not an error.
-            let _ = writeln!(std::io::stdout(), "{table}");
+        Format::Table => say(weir_sql::query::to_table(&weir_sql::query::from_arrow_ipc(&bytes)?)?),
+        Format::Json | Format::Csv => print_raw(&bytes),
+    }
+    Ok(())
+}
+
+/// `projection` or `handler`.
+fn kind_name(kind: &PluginKind) -> &'static str {
+    match kind {
+        PluginKind::Projection { .. } => "projection",
+        PluginKind::Handler { .. } => "handler",
+    }
+}
+
+/// The first 12 hex digits of a content hash, enough to tell components apart.
+fn short_hash(hash: &str) -> String {
+    hash.chars().take(12).collect()
+}
+
+/// `k=v, k=v`, or `none`.
+fn params_text(params: &std::collections::BTreeMap<String, String>) -> String {
+    if params.is_empty() {
+        return "none".to_string();
+    }
+    params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
         }
-        Format::Json | Format::Csv => {
-            use std::io::Write;
-            std::io::stdout().write_all(&bytes)?;
-            if !bytes.ends_with(b"\n") {
-                println!();
+        out.push(digit);
+    }
+    out
+}
+
+/// `42 s`, `3 min 5 s`, `2 h 10 min`.
+fn duration_text(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min {} s", secs / 60, secs % 60),
+        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+/// Milliseconds since the Unix epoch as an RFC 3339 time in UTC, to the second or, with
+/// `millis`, to the millisecond.
+fn utc_time(ms: u64, millis: bool) -> String {
+    let secs = ms / 1000;
+    let (days, second_of_day) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`), in eras of
+    // 400 years that start on March 1st, so the leap day ends a year.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    let (hour, minute, second) = (second_of_day / 3600, second_of_day % 3600 / 60, second_of_day % 60);
+    let fraction = if millis { format!(".{:03}", ms % 1000) } else { String::new() };
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{fraction}Z")
+}
+
+/// Now, in milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+/// What to deploy with a component (`weir plugin deploy`, `weir dev`).
+struct DeployRequest<'a> {
+    /// The name to run it under (default: the name it declares).
+    name: Option<&'a str>,
+    /// Where it starts without a checkpoint of its own.
+    from: Option<StartAt>,
+    /// Deploy-time parameters.
+    params: &'a [(String, String)],
+    /// A new version of a projection continues from the serving one instead of rebuilding.
+    take_over: bool,
+}
+
+/// The component at `path`: the file itself, or the crate there, built first.
+fn component_at(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.is_dir() { Ok(weir_host::build::build_plugin(path)?) } else { Ok(path.to_path_buf()) }
+}
+
+/// `POST /v1/plugins` with the component's bytes.
+fn upload(client: &AdminClient, wasm: &Path, request: &DeployRequest<'_>) -> anyhow::Result<AdminOutcome> {
+    let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
+    let mut query = Vec::new();
+    if let Some(name) = request.name {
+        query.push(format!("name={}", encode_query(name)));
+    }
+    if let Some(from) = request.from {
+        query.push(format!("from={}", encode_query(&from.to_string())));
+    }
+    for (k, v) in request.params {
+        query.push(format!("param={}", encode_query(&format!("{k}={v}"))));
+    }
+    if request.take_over {
+        query.push("take_over=true".to_string());
+    }
+    let path = with_query("/v1/plugins", &query);
+    let answer = client
+        .post(&path, Some(("application/wasm", &bytes)))
+        .with_context(|| format!("deploying {}", wasm.display()))?;
+    decode(&answer, "/v1/plugins")
+}
+
+/// `weir plugin pause|resume|rollback|rebuild NAME`: POST the action, print what it did and,
+/// with `wait`, follow the rebuild it started (a handler's rollback swaps at once: nothing to
+/// follow).
+fn admin_action(host: &HostArgs, name: &str, action: &str, wait: bool) -> anyhow::Result<()> {
+    let client = AdminClient::new(host);
+    let path = format!("{}/{action}", plugin_path(name));
+    let outcome: AdminOutcome = decode(&client.post(&path, None)?, &path)?;
+    say(&outcome.message);
+    if wait && outcome.action == "rebuilding" {
+        wait_for_rebuild(&client, &outcome.name)?;
+    }
+    Ok(())
+}
+
+/// A line on stderr redrawn in place.
+#[derive(Default)]
+struct ProgressLine {
+    /// Characters drawn last time, to blank what a shorter line leaves over.
+    drawn: usize,
+}
+
+impl ProgressLine {
+    fn draw(&mut self, text: &str) {
+        use std::io::Write;
+        let width = text.chars().count();
+        let blank = " ".repeat(self.drawn.saturating_sub(width));
+        let _ = write!(std::io::stderr(), "\r{text}{blank}");
+        self.drawn = width;
+    }
+
+    fn clear(&mut self) {
+        use std::io::Write;
+        if self.drawn > 0 {
+            let _ = write!(std::io::stderr(), "\r{}\r", " ".repeat(self.drawn));
+            self.drawn = 0;
+        }
+    }
+}
+
+/// `[#####.....] 52% 1,234,567 events, 410,000/s, ETA 3 s`.
+fn progress_text(rebuild: &RebuildStatus) -> String {
+    let (done, left) = (rebuild.events_done, rebuild.events_left);
+    let total = u128::from(done) + u128::from(left);
+    let share = |scale: u64| {
+        if total == 0 { scale } else { u64::try_from(u128::from(done) * u128::from(scale) / total).unwrap_or(scale) }
+    };
+    let filled = share(PROGRESS_WIDTH).min(PROGRESS_WIDTH);
+    let bar = format!("{}{}", "#".repeat(filled as usize), ".".repeat((PROGRESS_WIDTH - filled) as usize));
+    let eta = if left == 0 {
+        "ETA 0 s".to_string()
+    } else if rebuild.rate > 0.0 {
+        format!("ETA {}", duration_text((left as f64 / rebuild.rate).ceil() as u64))
+    } else {
+        "ETA unknown".to_string()
+    };
+    format!("[{bar}] {}% {} events, {}/s, {eta}", share(100), thousands(done), thousands(rebuild.rate.round() as u64))
+}
+
+/// Follow the plugin's rebuild until it ends, drawing its progress on stderr: the new version
+/// serves (say so), or it was abandoned (an error with the host's reason).
+fn wait_for_rebuild(client: &AdminClient, name: &str) -> anyhow::Result<()> {
+    let path = plugin_path(name);
+    let started = Instant::now();
+    let mut line = ProgressLine::default();
+    let mut seen = false;
+    loop {
+        let detail: PluginDetail = match client.get_json(&path) {
+            Ok(detail) => detail,
+            Err(e) => {
+                line.clear();
+                return Err(e);
+            }
+        };
+        let status = detail.status;
+        match &status.rebuild {
+            Some(rebuild) => {
+                seen = true;
+                line.draw(&progress_text(rebuild));
+            }
+            // The host may not have started it yet: give it a moment before taking "no
+            // rebuild" for "finished".
+            None if !seen && started.elapsed() < REBUILD_START_GRACE => {}
+            None => {
+                line.clear();
+                if let Some(error) = status.rebuild_error.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
+                    anyhow::bail!("the rebuild of {name} was abandoned: {error}");
+                }
+                say(format!("switched to {} (deploy {})", status.info.label(), status.deploy));
+                return Ok(());
+            }
+        }
+        std::thread::sleep(REBUILD_POLL);
+    }
+}
+
+/// `weir plugin list`.
+fn run_list(host: &HostArgs, json: bool) -> anyhow::Result<()> {
+    let client = AdminClient::new(host);
+    let bytes = client.get("/v1/plugins")?;
+    if json {
+        print_raw(&bytes);
+        return Ok(());
+    }
+    let plugins: Vec<PluginStatus> = decode(&bytes, "/v1/plugins")?;
+    // Lag is reported per plugin label and partition in the host's status.
+    let status: Status = client.get_json("/v1/status")?;
+    let rows: Vec<Vec<String>> = plugins
+        .iter()
+        .map(|p| {
+            let label = p.info.label();
+            let lag: u64 = status.lag.iter().filter(|l| l.plugin == label).map(|l| l.lag).sum();
+            vec![
+                p.info.name.clone(),
+                p.info.version.clone(),
+                p.deploy.to_string(),
+                kind_name(&p.info.kind).to_string(),
+                p.state.to_string(),
+                thousands(p.events_ok),
+                thousands(p.events_failed),
+                thousands(lag),
+            ]
+        })
+        .collect();
+    weir_host::demo::print_table(
+        "plugins",
+        &["name", "version", "deploy", "kind", "state", "ok", "failed", "lag"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `weir plugin status NAME`.
+fn run_plugin_status(name: &str, host: &HostArgs, json: bool) -> anyhow::Result<()> {
+    let client = AdminClient::new(host);
+    let path = plugin_path(name);
+    let bytes = client.get(&path)?;
+    if json {
+        print_raw(&bytes);
+        return Ok(());
+    }
+    let detail: PluginDetail = decode(&bytes, &path)?;
+    let p = &detail.status;
+    let mut fields = vec![
+        ("plugin", p.info.label()),
+        ("kind", kind_name(&p.info.kind).to_string()),
+        ("component", short_hash(&p.component)),
+        ("deploy", p.deploy.to_string()),
+        ("state", p.state.to_string()),
+        ("params", params_text(&p.params)),
+        ("start", p.start.to_string()),
+        ("events", format!("{} ok, {} failed", thousands(p.events_ok), thousands(p.events_failed))),
+        ("last failure", p.recent_failures.last().cloned().unwrap_or_else(|| "none".to_string())),
+    ];
+    if let Some(rebuild) = &p.rebuild {
+        let what = format!("{} (deploy {}, {})", rebuild.label, rebuild.deploy, rebuild.reason);
+        fields.push(("rebuild", format!("{what}: {}", progress_text(rebuild))));
+    }
+    if let Some(error) = p.rebuild_error.as_deref().filter(|e| !e.trim().is_empty()) {
+        fields.push(("rebuild error", error.to_string()));
+    }
+    let width = fields.iter().map(|(key, _)| key.len() + 1).max().unwrap_or(0);
+    for (key, value) in &fields {
+        let key = format!("{key}:");
+        say(format!("{key:<width$} {value}"));
+    }
+    let lag: Vec<Vec<String>> = detail
+        .lag
+        .iter()
+        .map(|l| {
+            vec![
+                l.plugin.clone(),
+                format!("{}/{}", l.topic, l.partition),
+                thousands(l.position),
+                thousands(l.end),
+                thousands(l.lag),
+            ]
+        })
+        .collect();
+    weir_host::demo::print_table("lag", &["plugin", "partition", "position", "end", "lag"], &lag);
+    Ok(())
+}
+
+/// `weir plugin versions NAME`.
+fn run_versions(name: &str, host: &HostArgs, json: bool) -> anyhow::Result<()> {
+    let client = AdminClient::new(host);
+    let path = format!("{}/versions", plugin_path(name));
+    let bytes = client.get(&path)?;
+    if json {
+        print_raw(&bytes);
+        return Ok(());
+    }
+    let versions: Vec<VersionRecord> = decode(&bytes, &path)?;
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|v| {
+            vec![
+                v.deploy.to_string(),
+                v.version.clone(),
+                short_hash(&v.component),
+                utc_time(v.deployed_ms, false),
+                v.origin.clone(),
+                params_text(&v.params),
+                v.start.to_string(),
+                if v.current { "*".to_string() } else { String::new() },
+            ]
+        })
+        .collect();
+    weir_host::demo::print_table(
+        &format!("versions of {name}"),
+        &["deploy", "version", "component", "deployed", "origin", "params", "start", "current"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `weir plugin logs NAME [--follow]`.
+fn run_logs(name: &str, host: &HostArgs, follow: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let client = AdminClient::new(host);
+    let mut last_seq: Option<u64> = None;
+    loop {
+        let path = match last_seq {
+            Some(seq) => format!("{}/logs?after={seq}", plugin_path(name)),
+            None => format!("{}/logs", plugin_path(name)),
+        };
+        let lines: Vec<LogLine> = client.get_json(&path)?;
+        let mut out = std::io::stdout().lock();
+        for line in &lines {
+            let time = utc_time(line.time_ms, true);
+            if writeln!(out, "{time} {:<5} {} {}", line.level, line.plugin, line.message).is_err() {
+                // Stdout closed (`| head`): nobody reads on.
+                return Ok(());
+            }
+            last_seq = Some(last_seq.map_or(line.seq, |seq| seq.max(line.seq)));
+        }
+        if out.flush().is_err() {
+            return Ok(());
+        }
+        drop(out);
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(LOGS_POLL);
+    }
+}
+
+/// A watched file: path, modification time, length.
+type FileStamp = (PathBuf, Option<SystemTime>, u64);
+
+/// What `weir dev` watches: `Cargo.toml` and every file under `src/` (editors' hidden and backup
+/// files aside), sorted.
+fn source_stamps(dir: &Path) -> Vec<FileStamp> {
+    let stamp = |path: PathBuf, meta: &std::fs::Metadata| (path, meta.modified().ok(), meta.len());
+    let mut stamps = Vec::new();
+    let manifest = dir.join("Cargo.toml");
+    if let Ok(meta) = std::fs::metadata(&manifest) {
+        stamps.push(stamp(manifest, &meta));
+    }
+    let mut folders = vec![dir.join("src")];
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            if file_name.starts_with('.') || file_name.ends_with('~') {
+                continue;
+            }
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => folders.push(entry.path()),
+                Ok(meta) => stamps.push(stamp(entry.path(), &meta)),
+                Err(_) => {}
             }
         }
     }
-    Ok(())
+    stamps.sort();
+    stamps
+}
+
+/// `weir dev`: test, build and deploy the crate in `dir` at start and after every change.
+fn run_dev(dir: &Path, host: &HostArgs, name: Option<&str>, params: &[(String, String)]) -> anyhow::Result<()> {
+    if !dir.join("Cargo.toml").is_file() {
+        anyhow::bail!("{} has no Cargo.toml: give a plugin crate (weir plugin new writes one)", dir.display());
+    }
+    let client = AdminClient::new(host);
+    let request = DeployRequest { name, from: None, params, take_over: false };
+    say(format!(
+        "watching {}/Cargo.toml and {}/src; on every change: cargo test, build, deploy to {}. Ctrl-C to stop.",
+        dir.display(),
+        dir.display(),
+        client.url
+    ));
+    let mut handled: Option<Vec<FileStamp>> = None;
+    loop {
+        let stamps = source_stamps(dir);
+        if handled.as_ref() != Some(&stamps) {
+            // Stamped before the round: a change made while it runs starts another.
+            handled = Some(stamps);
+            dev_round(dir, &client, &request);
+        }
+        std::thread::sleep(DEV_POLL);
+    }
+}
+
+/// One round of `weir dev`: tests, build, deploy; each failure is printed and ends the round.
+fn dev_round(dir: &Path, client: &AdminClient, request: &DeployRequest<'_>) {
+    say(format!("\n[{}] cargo test", utc_time(now_ms(), false)));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    match Process::new(&cargo).arg("test").current_dir(dir).stdin(Stdio::null()).status() {
+        Ok(status) if status.success() => {}
+        Ok(_) => {
+            say("tests failed; not deploying");
+            return;
+        }
+        Err(e) => {
+            say(format!("cannot run {cargo} test: {e}; not deploying"));
+            return;
+        }
+    }
+    let wasm = match weir_host::build::build_plugin(dir) {
+        Ok(wasm) => wasm,
+        Err(e) => {
+            say(format!("{e}; not deploying"));
+            return;
+        }
+    };
+    match upload(client, &wasm, request) {
+        Ok(outcome) => say(format!("[{}] {}", utc_time(now_ms(), false), outcome.message)),
+        Err(e) if e.downcast_ref::<Unreachable>().is_some() => say(format!(
+            "no weir host answers at {}; start one (weir demo, or weir serve) or pass --url. Watching on.",
+            client.url
+        )),
+        Err(e) => say(format!("[{}] deploying failed: {e:#}", utc_time(now_ms(), false))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc_3339_in_utc() {
+        assert_eq!(utc_time(0, false), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_time(951_782_400_000, false), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_time(1_767_225_599_000, false), "2025-12-31T23:59:59Z");
+        assert_eq!(utc_time(1_767_225_600_123, true), "2026-01-01T00:00:00.123Z");
+    }
+
+    #[test]
+    fn rebuild_progress_reads_as_a_bar_with_rate_and_eta() {
+        let rebuild = RebuildStatus {
+            label: "orders@0.2.0".into(),
+            deploy: 2,
+            component: "ab".repeat(32),
+            reason: "rebuild".into(),
+            events_done: 1_234_567,
+            events_left: 1_139_000,
+            rate: 410_000.2,
+            elapsed_ms: 3_000,
+        };
+        assert_eq!(progress_text(&rebuild), "[#####.....] 52% 1,234,567 events, 410,000/s, ETA 3 s");
+        let done = RebuildStatus { events_left: 0, rate: 0.0, ..rebuild };
+        assert_eq!(progress_text(&done), "[##########] 100% 1,234,567 events, 0/s, ETA 0 s");
+    }
+
+    #[test]
+    fn numbers_and_durations_read_easily() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(12_345_678), "12,345,678");
+        assert_eq!(duration_text(59), "59 s");
+        assert_eq!(duration_text(185), "3 min 5 s");
+        assert_eq!(duration_text(7_800), "2 h 10 min");
+    }
+
+    #[test]
+    fn deploy_queries_are_percent_encoded() {
+        assert_eq!(encode_query("threshold=1 000&x"), "threshold%3D1%20000%26x");
+        assert_eq!(with_query("/v1/plugins", &[]), "/v1/plugins");
+        assert_eq!(with_query("/v1/plugins", &["a=1".into(), "b=2".into()]), "/v1/plugins?a=1&b=2");
+    }
 }

@@ -97,6 +97,9 @@ pub struct ServerConfig {
     /// Arrow Flight SQL listen address (loopback by default), or `"off"`. Env: `WEIR_FLIGHT`.
     #[serde(deserialize_with = "listener")]
     pub flight: Option<SocketAddr>,
+    /// The admin token (at least 16 characters). Absent: generated into `<data_dir>/token`.
+    /// Env: `WEIR_TOKEN`.
+    pub token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +111,7 @@ impl Default for ServerConfig {
             publish_interval_ms: 100,
             pg: Some(SocketAddr::from(([127, 0, 0, 1], 5433))),
             flight: Some(SocketAddr::from(([127, 0, 0, 1], 8815))),
+            token: None,
         }
     }
 }
@@ -185,7 +189,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Apply `WEIR_HTTP`, `WEIR_PG` and `WEIR_FLIGHT` (an address, or `off`) and `WEIR_DATA_DIR`.
+    /// Apply `WEIR_HTTP`, `WEIR_PG` and `WEIR_FLIGHT` (an address, or `off`), `WEIR_DATA_DIR` and
+    /// `WEIR_TOKEN`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(value) = var("WEIR_HTTP") {
             self.server.http = value.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
@@ -202,6 +207,9 @@ impl Config {
         }
         if let Some(value) = var("WEIR_DATA_DIR") {
             self.server.data_dir = PathBuf::from(value);
+        }
+        if let Some(value) = var("WEIR_TOKEN").filter(|v| !v.trim().is_empty()) {
+            self.server.token = Some(value);
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::admin::Lifecycle;
 use crate::checkpoint::{self, CheckpointConfig, CheckpointError, CheckpointStore, WriteStats};
 use crate::pipeline::Pipeline;
 use crate::status::{CheckpointStatus, Lag, StatusBoard};
@@ -36,8 +37,9 @@ pub struct IngestSettings {
 
 /// The loop and what it owns.
 pub struct Ingest {
-    pipeline: Pipeline,
-    source: Box<dyn Source>,
+    pub(crate) pipeline: Pipeline,
+    pub(crate) source: Box<dyn Source>,
+    pub(crate) lifecycle: Option<Lifecycle>,
     sink: Arc<dyn EventSink>,
     checkpoints: CheckpointStore,
     settings: IngestSettings,
@@ -70,6 +72,10 @@ struct Turn {
     writing: Option<Writing>,
     source_error: Option<String>,
     backoff: Duration,
+    /// A catch-up reader had events last turn: do not wait on the shared feed.
+    catching_up: bool,
+    /// Checkpoint at the end of this turn (a plugin was deployed, swapped or removed).
+    checkpoint_soon: bool,
 }
 
 impl Turn {
@@ -88,6 +94,8 @@ impl Turn {
             writing: None,
             source_error: None,
             backoff: BACKOFF_MIN,
+            catching_up: false,
+            checkpoint_soon: false,
         }
     }
 
@@ -120,7 +128,13 @@ impl Ingest {
         settings: IngestSettings,
         status: StatusBoard,
     ) -> Self {
-        Ingest { pipeline, source, sink, checkpoints, settings, status }
+        Ingest { pipeline, source, lifecycle: None, sink, checkpoints, settings, status }
+    }
+
+    /// Take admin requests (deploys, pauses, rebuilds...) from `lifecycle` between batches.
+    pub fn with_lifecycle(mut self, lifecycle: Lifecycle) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self
     }
 
     /// Run until `stop` is set, then write a last checkpoint. Returns the pipeline.
@@ -141,7 +155,14 @@ impl Ingest {
                 self.report(&turn);
                 continue;
             }
+            if self.handle_admin() {
+                turn.dirty = true;
+                turn.unsaved = true;
+                turn.checkpoint_soon = true;
+                self.report(&turn);
+            }
             self.poll_and_process(&mut turn);
+            self.catch_up(&mut turn);
             if self.source.group().is_some_and(|g| g.revoking()) {
                 self.hand_over(&mut turn, stop);
             }
@@ -152,8 +173,11 @@ impl Ingest {
             if turn.writing.is_none()
                 && turn.pending.is_empty()
                 && turn.unsaved
-                && turn.last_checkpoint.elapsed() >= Duration::from_millis(self.settings.checkpoint.interval_ms.max(1))
+                && (turn.checkpoint_soon
+                    || turn.last_checkpoint.elapsed()
+                        >= Duration::from_millis(self.settings.checkpoint.interval_ms.max(1)))
             {
+                turn.checkpoint_soon = false;
                 self.start_checkpoint(&mut turn);
             }
         }
@@ -227,7 +251,9 @@ impl Ingest {
 
     /// Poll the source once and run what it gave through the pipeline.
     fn poll_and_process(&mut self, turn: &mut Turn) {
-        let wait = if turn.dirty {
+        let wait = if turn.catching_up {
+            Duration::ZERO
+        } else if turn.dirty {
             self.settings.publish_interval.saturating_sub(turn.last_publish.elapsed()).max(Duration::from_millis(1))
         } else {
             Duration::from_millis(100)
@@ -258,6 +284,36 @@ impl Ingest {
                 turn.back_off();
             }
         }
+    }
+
+    /// One batch for each plugin reading on a reader of its own (deployed, resumed, rebuilding);
+    /// those that caught up join the shared feed, and rebuilt versions that caught up serve.
+    fn catch_up(&mut self, turn: &mut Turn) {
+        let result = self.pipeline.catch_up(self.settings.batch_size.max(1));
+        turn.catching_up = result.busy;
+        if result.busy || !result.joined.is_empty() || !result.switched.is_empty() {
+            turn.dirty = true;
+            turn.unsaved = true;
+        }
+        turn.pending.extend(result.outcome.emitted);
+        for (topics, positions) in &result.joined {
+            if let Err(e) = self.source.add_topics(topics, positions) {
+                tracing::error!(error = %e, ?topics, "the shared feed cannot add these topics");
+            }
+        }
+        if result.switched.is_empty() {
+            return;
+        }
+        if let Some(lifecycle) = &self.lifecycle {
+            let mut registry = lifecycle.registry.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, deploy) in &result.switched {
+                registry.set_current(name, *deploy);
+            }
+            if let Err(e) = registry.save() {
+                tracing::error!(error = %e, "recording the switch to rebuilt versions failed");
+            }
+        }
+        turn.checkpoint_soon = true;
     }
 
     /// Publish snapshots at least every `publish_interval` while something changed; keep the
@@ -428,6 +484,7 @@ impl Ingest {
         let ends = self.source.ends();
         let mut lag = Vec::new();
         for progress in self.pipeline.progress() {
+            let ends = progress.own_ends.as_ref().unwrap_or(&ends);
             for end in ends.iter().filter(|e| progress.topics.contains(&e.topic)) {
                 let position = progress.positions.get(&(end.topic.clone(), end.partition)).copied().unwrap_or(0);
                 lag.push(Lag {

@@ -11,13 +11,17 @@
 //! What it must not do: depend on wasmtime, Arrow, DataFusion, pgwire or rdkafka. It reaches them
 //! only through `weir-runtime`, `weir-sql` and `weir-kafka`, whose APIs speak `weir-core` types.
 
+pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod build;
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
 pub mod ingest;
 pub mod pipeline;
+pub mod registry;
 pub mod sample;
+pub mod scaffold;
 pub mod server;
 pub mod status;

@@ -11,17 +11,22 @@
 //! **Invariant:** a plugin's position, its read model and its state always describe the same
 //! set of events; [`Pipeline::capture`] takes all three at one instant.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
-
-use crate::status::PluginStatus;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::status::{PluginState, PluginStatus, RebuildStatus};
 
 use weir_core::event::{Event, OutgoingEvent, PositionMap, StartAt};
 use weir_core::row::TableSchema;
-use weir_runtime::{EventError, Failure, KeyedState, Plugin, PluginKind};
+use weir_core::source::{PartitionEnd, Source};
+use weir_runtime::{EventError, Failure, KeyedState, Plugin, PluginKind, SharedLogs};
 use weir_sql::query::{Catalog, QueryError};
 use weir_sql::readmodel::{ReadModel, ReadModelError, ReadModelSnapshot};
+
+/// Each plugin's log ring by name, shared with the admin API.
+pub type LogRings = Arc<Mutex<BTreeMap<String, SharedLogs>>>;
 
 /// Failures kept per plugin for reporting.
 const RECENT_FAILURES: usize = 100;
@@ -37,6 +42,147 @@ struct Slot {
     start: StartAt,
     /// Topics whose start (not `earliest`) is still to be looked up in the source.
     unresolved: Vec<String>,
+    /// Its deploy number under its name.
+    deploy: u32,
+    /// Paused: skipped by every batch; keeps its position, state and tables.
+    paused: bool,
+    /// Checkpoint fingerprints, beside its own, whose state is this plugin's (the version it
+    /// took over from).
+    accepts: Vec<String>,
+    /// A reader of its own while it is behind the shared feed (deployed, resumed, or rebuilding
+    /// as a shadow): it joins the shared feed once this reader finds nothing more to read.
+    catch_up: Option<Box<dyn Source>>,
+    /// Another version of it replaying history beside it, not yet visible to queries.
+    shadow: Option<Box<Shadow>>,
+    /// Why the last rebuild beside it stopped.
+    rebuild_error: Option<String>,
+}
+
+/// A version replaying history into tables of its own while the serving version keeps serving.
+struct Shadow {
+    slot: Slot,
+    reason: &'static str,
+    started: Instant,
+    events: u64,
+}
+
+impl Slot {
+    fn new(plugin: Plugin, model: Option<ReadModel>) -> Slot {
+        Slot {
+            plugin,
+            model,
+            ok: 0,
+            failed: 0,
+            recent_failures: VecDeque::new(),
+            positions: PositionMap::new(),
+            start: StartAt::Earliest,
+            unresolved: Vec::new(),
+            deploy: 1,
+            paused: false,
+            accepts: Vec::new(),
+            catch_up: None,
+            shadow: None,
+            rebuild_error: None,
+        }
+    }
+
+    /// Whether the shared feed (the host's source) brings it events.
+    fn on_shared_feed(&self) -> bool {
+        !self.paused && self.catch_up.is_none()
+    }
+
+    fn name(&self) -> &str {
+        &self.plugin.info().name
+    }
+
+    /// Run `events` (a batch in partition runs) through this plugin: skip what it applied
+    /// before, advance its positions, apply or collect what it produced.
+    fn process(&mut self, events: &[Event], runs: &[(usize, usize)], outcome: &mut BatchOutcome) {
+        let info = self.plugin.info();
+        let mut fresh_from = Vec::with_capacity(runs.len());
+        for &(start, end) in runs {
+            let first = &events[start].position;
+            if !info.topics.contains(&first.topic) {
+                fresh_from.push(u64::MAX);
+                continue;
+            }
+            let next = self.positions.entry((first.topic.clone(), first.partition)).or_insert(0);
+            fresh_from.push(*next);
+            *next = (*next).max(events[end - 1].position.offset + 1);
+        }
+        let fresh = |run: usize, e: &Event| e.position.offset >= fresh_from[run] && info.wants(e);
+        // Most batches are wanted whole; copy events only when the plugin skips some.
+        let all = runs.iter().enumerate().all(|(run, &(s, e))| events[s..e].iter().all(|ev| fresh(run, ev)));
+        let wanted: std::borrow::Cow<'_, [Event]> = if all {
+            events.into()
+        } else {
+            let mut picked = Vec::new();
+            for (run, &(s, e)) in runs.iter().enumerate() {
+                picked.extend(events[s..e].iter().filter(|ev| fresh(run, ev)).cloned());
+            }
+            picked.into()
+        };
+        if wanted.is_empty() {
+            return;
+        }
+        let failures_before = outcome.failures.len();
+        match &mut self.model {
+            Some(model) => {
+                for (event, result) in wanted.iter().zip(self.plugin.apply(&wanted)) {
+                    let applied = result
+                        .and_then(|changes| model.apply(changes).map_err(|e| model_failure(&self.plugin, event, e)));
+                    match applied {
+                        Ok(()) => self.ok += 1,
+                        Err(e) => outcome.failures.push(e),
+                    }
+                }
+            }
+            None => {
+                let label = self.plugin.info().label();
+                for (cause, result) in wanted.iter().zip(self.plugin.handle(&wanted)) {
+                    match result {
+                        Ok(emitted) => {
+                            self.ok += 1;
+                            outcome.emitted.extend(
+                                emitted.into_iter().enumerate().map(|(n, out)| emitted_event(&label, cause, n, out)),
+                            );
+                        }
+                        Err(e) => outcome.failures.push(e),
+                    }
+                }
+            }
+        }
+        for failure in &outcome.failures[failures_before..] {
+            self.failed += 1;
+            tracing::warn!(%failure, "event failed");
+            if self.recent_failures.len() == RECENT_FAILURES {
+                self.recent_failures.pop_front();
+            }
+            self.recent_failures.push_back(failure.clone());
+        }
+    }
+
+    /// Events between its positions and the ends of `ends`.
+    fn behind(&self, ends: &[PartitionEnd]) -> u64 {
+        ends.iter()
+            .filter(|e| self.plugin.info().topics.contains(&e.topic))
+            .map(|e| e.end.saturating_sub(self.positions.get(&(e.topic.clone(), e.partition)).copied().unwrap_or(0)))
+            .sum()
+    }
+}
+
+/// What a turn of the catch-up readers did.
+#[derive(Debug, Default)]
+pub struct CatchUp {
+    /// Emitted events and failures, as from a batch of the shared feed.
+    pub outcome: BatchOutcome,
+    /// Plugins that reached the end of their partitions and now join the shared feed: the source
+    /// must read these topics from these positions at the latest.
+    pub joined: Vec<(Vec<String>, PositionMap)>,
+    /// Plugins whose shadow version caught up and now serves: (name, deploy).
+    pub switched: Vec<(String, u32)>,
+    /// Whether any reader had events (more may follow at once).
+    pub busy: bool,
 }
 
 /// One plugin's progress, tables and state at one instant, for a checkpoint.
@@ -67,6 +213,8 @@ pub struct PluginProgress {
     pub topics: Vec<String>,
     /// Next offset per topic and partition.
     pub positions: PositionMap,
+    /// The ends of its partitions as its own reader sees them, while it catches up on one.
+    pub own_ends: Option<Vec<PartitionEnd>>,
 }
 
 /// Ranges `[start, end)` of consecutive events from one topic and partition.
@@ -88,6 +236,7 @@ fn partition_runs(events: &[Event]) -> Vec<(usize, usize)> {
 pub struct Pipeline {
     slots: Vec<Slot>,
     catalog: Arc<Catalog>,
+    logs: LogRings,
 }
 
 /// What one batch produced beyond the read models.
@@ -103,7 +252,12 @@ pub struct BatchOutcome {
 impl Pipeline {
     /// An empty pipeline publishing to `catalog`.
     pub fn new(catalog: Arc<Catalog>) -> Self {
-        Pipeline { slots: Vec::new(), catalog }
+        Pipeline { slots: Vec::new(), catalog, logs: LogRings::default() }
+    }
+
+    /// Each plugin's log ring, by name (shared: it follows the plugins as they come and go).
+    pub fn log_rings(&self) -> LogRings {
+        self.logs.clone()
     }
 
     /// The catalog snapshots are published to.
@@ -111,25 +265,220 @@ impl Pipeline {
         &self.catalog
     }
 
-    /// Add a plugin; a projection's table names must not clash with another plugin's.
+    /// Add a plugin; its name must be new, and a projection's table names must not clash with
+    /// another plugin's.
     pub fn add(&mut self, plugin: Plugin) -> Result<(), QueryError> {
+        let name = plugin.info().name.clone();
+        if self.slot(&name).is_some() {
+            return Err(QueryError::NameClash {
+                table: format!("(plugin name {name})"),
+                first: name.clone(),
+                second: name,
+            });
+        }
         let model = match &plugin.info().kind {
             PluginKind::Projection { tables } => {
-                self.catalog.register(&plugin.info().name, tables)?;
-                Some(ReadModel::new(&plugin.info().name, tables))
+                self.catalog.register(&name, tables)?;
+                Some(ReadModel::new(&name, tables))
             }
             PluginKind::Handler { .. } => None,
         };
-        self.slots.push(Slot {
-            plugin,
-            model,
-            ok: 0,
-            failed: 0,
-            recent_failures: VecDeque::new(),
-            positions: PositionMap::new(),
-            start: StartAt::Earliest,
-            unresolved: Vec::new(),
-        });
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).insert(name, plugin.logs());
+        self.slots.push(Slot::new(plugin, model));
+        Ok(())
+    }
+
+    fn slot(&self, name: &str) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.name() == name)
+    }
+
+    fn slot_mut(&mut self, name: &str) -> Option<&mut Slot> {
+        self.slots.iter_mut().find(|s| s.name() == name)
+    }
+
+    /// Record plugin `name`'s deploy number and the fingerprints of versions it took over from.
+    pub fn set_deploy(&mut self, name: &str, deploy: u32, accepts: Vec<String>) {
+        if let Some(slot) = self.slot_mut(name) {
+            slot.deploy = deploy;
+            slot.accepts = accepts;
+        }
+    }
+
+    /// Whether a checkpoint with `fingerprint` holds plugin `name`'s own state.
+    pub fn accepts(&self, name: &str, fingerprint: &str) -> bool {
+        self.slot(name)
+            .is_some_and(|s| s.plugin.fingerprint() == fingerprint || s.accepts.iter().any(|f| f == fingerprint))
+    }
+
+    /// Pause or resume plugin `name`. Returns whether it exists.
+    pub fn set_paused(&mut self, name: &str, paused: bool) -> bool {
+        match self.slot_mut(name) {
+            Some(slot) => {
+                slot.paused = paused;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether plugin `name` is paused.
+    pub fn is_paused(&self, name: &str) -> bool {
+        self.slot(name).is_some_and(|s| s.paused)
+    }
+
+    /// Whether a version of `name` is being rebuilt beside it.
+    pub fn is_rebuilding(&self, name: &str) -> bool {
+        self.slot(name).is_some_and(|s| s.shadow.is_some())
+    }
+
+    /// Feed plugin `name` from `reader` (which starts at its positions) until it has read
+    /// everything there is; it then joins the shared feed.
+    pub fn set_catch_up(&mut self, name: &str, reader: Box<dyn Source>) {
+        if let Some(slot) = self.slot_mut(name) {
+            slot.catch_up = Some(reader);
+        }
+    }
+
+    /// Plugin `name`'s next offset per partition.
+    pub fn positions_of(&self, name: &str) -> Option<PositionMap> {
+        self.slot(name).map(|s| s.positions.clone())
+    }
+
+    /// Remove plugin `name` (and any rebuild beside it) and drop its tables.
+    pub fn remove(&mut self, name: &str) -> Option<Plugin> {
+        let index = self.slots.iter().position(|s| s.name() == name)?;
+        let slot = self.slots.remove(index);
+        if slot.model.is_some() {
+            self.catalog.remove(name);
+        }
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        Some(slot.plugin)
+    }
+
+    /// Replace plugin `name` by `next` at this batch boundary: `next` continues from exactly the
+    /// positions, state and tables the running version reached. The caller has checked that a
+    /// projection's tables are the same.
+    pub fn swap(&mut self, name: &str, mut next: Plugin, deploy: u32) -> Option<Plugin> {
+        let slot = self.slot_mut(name)?;
+        next.restore_state(slot.plugin.take_state());
+        next.share_logs(slot.plugin.logs());
+        let previous = slot.plugin.fingerprint().to_string();
+        let old = std::mem::replace(&mut slot.plugin, next);
+        slot.deploy = deploy;
+        slot.accepts = vec![previous];
+        slot.recent_failures.clear();
+        Some(old)
+    }
+
+    /// Start `next` replaying history from its start into tables of its own beside plugin
+    /// `name`, fed by `reader`; queries switch to its tables when it has caught up. Replaces a
+    /// rebuild already running. The caller has checked its table names.
+    pub fn start_shadow(
+        &mut self,
+        name: &str,
+        mut next: Plugin,
+        deploy: u32,
+        reason: &'static str,
+        reader: Box<dyn Source>,
+    ) {
+        let Some(slot) = self.slot_mut(name) else { return };
+        next.share_logs(slot.plugin.logs());
+        let model = match &next.info().kind {
+            PluginKind::Projection { tables } => Some(ReadModel::new(name, tables)),
+            PluginKind::Handler { .. } => None,
+        };
+        let mut shadow = Slot::new(next, model);
+        shadow.deploy = deploy;
+        shadow.catch_up = Some(reader);
+        slot.rebuild_error = None;
+        if let Some(old) =
+            slot.shadow.replace(Box::new(Shadow { slot: shadow, reason, started: Instant::now(), events: 0 }))
+        {
+            tracing::info!(plugin = %old.slot.plugin.info().label(), "rebuild replaced by a newer one");
+        }
+    }
+
+    /// Stop a rebuild beside plugin `name`, saying why.
+    pub fn abandon_shadow(&mut self, name: &str, why: String) {
+        if let Some(slot) = self.slot_mut(name) {
+            slot.shadow = None;
+            slot.rebuild_error = Some(why);
+        }
+    }
+
+    /// One batch from each catch-up reader (plugins behind the shared feed, shadows rebuilding),
+    /// run through its plugin only. A plugin whose reader has nothing more joins the shared feed;
+    /// a shadow that has caught up takes its plugin's place and its tables are published in one
+    /// swap.
+    pub fn catch_up(&mut self, max: usize) -> CatchUp {
+        let mut result = CatchUp::default();
+        for index in 0..self.slots.len() {
+            let slot = &mut self.slots[index];
+            if !slot.paused
+                && let Some(reader) = &mut slot.catch_up
+            {
+                match reader.poll(max, std::time::Duration::ZERO) {
+                    Ok(events) if !events.is_empty() => {
+                        result.busy = true;
+                        slot.process(&events, &partition_runs(&events), &mut result.outcome);
+                    }
+                    Ok(_) => {
+                        slot.catch_up = None;
+                        tracing::info!(plugin = %slot.plugin.info().label(), "caught up; joins the shared feed");
+                        result.joined.push((slot.plugin.info().topics.clone(), slot.positions.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(plugin = %slot.plugin.info().label(), error = %e, "catching up failed; retrying")
+                    }
+                }
+            }
+            let Some(shadow) = &mut slot.shadow else { continue };
+            let Some(reader) = &mut shadow.slot.catch_up else { continue };
+            match reader.poll(max, std::time::Duration::ZERO) {
+                Ok(events) if !events.is_empty() => {
+                    result.busy = true;
+                    shadow.events += events.len() as u64;
+                    shadow.slot.process(&events, &partition_runs(&events), &mut result.outcome);
+                }
+                Ok(_) => {
+                    let name = slot.name().to_string();
+                    if let Err(e) = self.switch_to_shadow(index) {
+                        tracing::error!(plugin = %name, error = %e, "switching to the rebuilt version failed; it is abandoned");
+                        self.abandon_shadow(&name, e.to_string());
+                        continue;
+                    }
+                    let slot = &self.slots[index];
+                    result.joined.push((slot.plugin.info().topics.clone(), slot.positions.clone()));
+                    result.switched.push((name, slot.deploy));
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %slot.plugin.info().label(), error = %e, "rebuilding failed to read; retrying")
+                }
+            }
+        }
+        result
+    }
+
+    /// The shadow of slot `index` has caught up: it serves from now on.
+    fn switch_to_shadow(&mut self, index: usize) -> Result<(), ReadModelError> {
+        let slot = &mut self.slots[index];
+        let Some(mut shadow) = slot.shadow.take() else { return Ok(()) };
+        let mut next = shadow.slot;
+        next.catch_up = None;
+        next.paused = slot.paused;
+        if let Some(model) = &mut next.model {
+            model.set_positions(&next.positions);
+            self.catalog.replace(model.snapshot()?);
+        } else if slot.model.is_some() {
+            self.catalog.remove(slot.name());
+        }
+        tracing::info!(
+            plugin = %next.plugin.info().label(), deploy = next.deploy, events = shadow.events,
+            seconds = shadow.started.elapsed().as_secs_f64(), reason = shadow.reason,
+            "rebuilt version caught up; queries now read its tables"
+        );
+        shadow.events = 0;
+        *slot = next;
         Ok(())
     }
 
@@ -138,6 +487,15 @@ impl Pipeline {
         if let Some(slot) = self.slots.iter_mut().find(|s| s.plugin.info().name == name) {
             slot.start = start;
             slot.unresolved = if start == StartAt::Earliest { Vec::new() } else { slot.plugin.info().topics.clone() };
+        }
+    }
+
+    /// Plugin `name` starts at `start`, which is at `positions` (looked up already).
+    pub fn place(&mut self, name: &str, start: StartAt, positions: PositionMap) {
+        if let Some(slot) = self.slot_mut(name) {
+            slot.start = start;
+            slot.positions = positions;
+            slot.unresolved.clear();
         }
     }
 
@@ -178,78 +536,12 @@ impl Pipeline {
         }
     }
 
-    /// Run one batch through every plugin that wants some of it.
+    /// Run one batch of the shared feed through every plugin on it that wants some of it.
     pub fn process(&mut self, events: &[Event]) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
         let runs = partition_runs(events);
-        for slot in &mut self.slots {
-            // Events below the plugin's position were applied before; advance past the rest.
-            let info = slot.plugin.info();
-            let mut fresh_from = Vec::with_capacity(runs.len());
-            for &(start, end) in &runs {
-                let first = &events[start].position;
-                if !info.topics.contains(&first.topic) {
-                    fresh_from.push(u64::MAX);
-                    continue;
-                }
-                let next = slot.positions.entry((first.topic.clone(), first.partition)).or_insert(0);
-                fresh_from.push(*next);
-                *next = (*next).max(events[end - 1].position.offset + 1);
-            }
-            let fresh = |run: usize, e: &Event| e.position.offset >= fresh_from[run] && info.wants(e);
-            // Most batches are wanted whole; copy events only when the plugin skips some.
-            let all = runs.iter().enumerate().all(|(run, &(s, e))| events[s..e].iter().all(|ev| fresh(run, ev)));
-            let wanted: std::borrow::Cow<'_, [Event]> = if all {
-                events.into()
-            } else {
-                let mut picked = Vec::new();
-                for (run, &(s, e)) in runs.iter().enumerate() {
-                    picked.extend(events[s..e].iter().filter(|ev| fresh(run, ev)).cloned());
-                }
-                picked.into()
-            };
-            if wanted.is_empty() {
-                continue;
-            }
-            let failures_before = outcome.failures.len();
-            match &mut slot.model {
-                Some(model) => {
-                    for (event, result) in wanted.iter().zip(slot.plugin.apply(&wanted)) {
-                        let applied = result.and_then(|changes| {
-                            model.apply(changes).map_err(|e| model_failure(&slot.plugin, event, e))
-                        });
-                        match applied {
-                            Ok(()) => slot.ok += 1,
-                            Err(e) => outcome.failures.push(e),
-                        }
-                    }
-                }
-                None => {
-                    let label = slot.plugin.info().label();
-                    for (cause, result) in wanted.iter().zip(slot.plugin.handle(&wanted)) {
-                        match result {
-                            Ok(emitted) => {
-                                slot.ok += 1;
-                                outcome.emitted.extend(
-                                    emitted
-                                        .into_iter()
-                                        .enumerate()
-                                        .map(|(n, out)| emitted_event(&label, cause, n, out)),
-                                );
-                            }
-                            Err(e) => outcome.failures.push(e),
-                        }
-                    }
-                }
-            }
-            for failure in &outcome.failures[failures_before..] {
-                slot.failed += 1;
-                tracing::warn!(%failure, "event failed");
-                if slot.recent_failures.len() == RECENT_FAILURES {
-                    slot.recent_failures.pop_front();
-                }
-                slot.recent_failures.push_back(failure.clone());
-            }
+        for slot in self.slots.iter_mut().filter(|s| s.on_shared_feed()) {
+            slot.process(events, &runs, &mut outcome);
         }
         outcome
     }
@@ -341,7 +633,7 @@ impl Pipeline {
     pub fn start_offset(&self, topic: &str, partition: u32) -> u64 {
         self.slots
             .iter()
-            .filter(|s| s.plugin.info().topics.iter().any(|t| t == topic))
+            .filter(|s| s.on_shared_feed() && s.plugin.info().topics.iter().any(|t| t == topic))
             .map(|s| s.positions.get(&(topic.to_string(), partition)).copied().unwrap_or(0))
             .min()
             .unwrap_or(0)
@@ -351,7 +643,8 @@ impl Pipeline {
     /// that read its topic (a plugin without one counts as 0). Partitions nobody has read are
     /// absent.
     pub fn known_positions(&self) -> PositionMap {
-        let mut keys: Vec<(String, u32)> = self.slots.iter().flat_map(|s| s.positions.keys().cloned()).collect();
+        let mut keys: Vec<(String, u32)> =
+            self.slots.iter().filter(|s| s.on_shared_feed()).flat_map(|s| s.positions.keys().cloned()).collect();
         keys.sort();
         keys.dedup();
         keys.into_iter()
@@ -362,37 +655,76 @@ impl Pipeline {
             .collect()
     }
 
-    /// Topics some plugin reads.
+    /// Topics some plugin on the shared feed reads.
     pub fn topics(&self) -> Vec<String> {
-        let mut topics: Vec<String> = self.slots.iter().flat_map(|s| s.plugin.info().topics.clone()).collect();
+        let mut topics: Vec<String> =
+            self.slots.iter().filter(|s| s.on_shared_feed()).flat_map(|s| s.plugin.info().topics.clone()).collect();
         topics.sort();
         topics.dedup();
         topics
     }
 
-    /// Each plugin's positions.
-    pub fn progress(&self) -> Vec<PluginProgress> {
+    /// Each plugin's positions, with the ends its own reader sees while it catches up.
+    pub fn progress(&mut self) -> Vec<PluginProgress> {
         self.slots
-            .iter()
+            .iter_mut()
             .map(|s| PluginProgress {
                 label: s.plugin.info().label(),
                 topics: s.plugin.info().topics.clone(),
                 positions: s.positions.clone(),
+                own_ends: s.catch_up.as_mut().map(|r| r.ends()),
             })
             .collect()
     }
 
-    /// The plugins, with their counts.
-    pub fn statuses(&self) -> Vec<PluginStatus> {
+    /// The plugins, with their counts, states and rebuilds.
+    pub fn statuses(&mut self) -> Vec<PluginStatus> {
         self.slots
-            .iter()
-            .map(|slot| PluginStatus {
-                info: slot.plugin.info().clone(),
-                path: slot.plugin.path().display().to_string(),
-                events_ok: slot.ok,
-                events_failed: slot.failed,
-                instances_started: slot.plugin.instances_started(),
-                recent_failures: slot.recent_failures.iter().rev().take(10).rev().map(ToString::to_string).collect(),
+            .iter_mut()
+            .map(|slot| {
+                let rebuild = slot.shadow.as_mut().map(|shadow| {
+                    let ends = shadow.slot.catch_up.as_mut().map(|r| r.ends()).unwrap_or_default();
+                    let elapsed = shadow.started.elapsed();
+                    RebuildStatus {
+                        label: shadow.slot.plugin.info().label(),
+                        deploy: shadow.slot.deploy,
+                        component: shadow.slot.plugin.component().to_string(),
+                        reason: shadow.reason.to_string(),
+                        events_done: shadow.events,
+                        events_left: shadow.slot.behind(&ends),
+                        rate: shadow.events as f64 / elapsed.as_secs_f64().max(1e-3),
+                        elapsed_ms: elapsed.as_millis() as u64,
+                    }
+                });
+                let state = if slot.paused {
+                    PluginState::Paused
+                } else if rebuild.is_some() {
+                    PluginState::Rebuilding
+                } else {
+                    PluginState::Running
+                };
+                PluginStatus {
+                    info: slot.plugin.info().clone(),
+                    path: slot.plugin.path().display().to_string(),
+                    component: slot.plugin.component().to_string(),
+                    deploy: slot.deploy,
+                    state,
+                    params: slot.plugin.params().clone(),
+                    start: slot.start,
+                    events_ok: slot.ok,
+                    events_failed: slot.failed,
+                    instances_started: slot.plugin.instances_started(),
+                    recent_failures: slot
+                        .recent_failures
+                        .iter()
+                        .rev()
+                        .take(10)
+                        .rev()
+                        .map(ToString::to_string)
+                        .collect(),
+                    rebuild,
+                    rebuild_error: slot.rebuild_error.clone(),
+                }
             })
             .collect()
     }

@@ -13,17 +13,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::api::ApiState;
+use crate::admin::{AdminRequest, Intent, Lifecycle, ReaderFactory};
+use crate::api::{AdminApi, ApiState};
+use crate::auth::AdminToken;
 use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 use crate::ingest::{Ingest, IngestSettings};
 use crate::pipeline::Pipeline;
+use crate::registry::{Origin, Registry, Version, now_ms};
 use crate::status::{Status, StatusBoard};
 use weir_core::source::{EventSink, Source};
 use weir_kafka::{KafkaSink, KafkaSource};
 use weir_log::EmbeddedLog;
 use weir_log::source::{EmbeddedSink, EmbeddedSource};
-use weir_runtime::PluginRuntime;
+use weir_runtime::{Plugin, PluginRuntime, content_hash};
 use weir_sql::query::{Catalog, SqlEngine};
 
 /// A running host.
@@ -36,6 +39,9 @@ pub struct Host {
     pub sink: Arc<dyn EventSink>,
     /// The embedded log, when it is the source.
     pub log: Option<Arc<EmbeddedLog>>,
+    /// The token admin requests must carry.
+    pub token: AdminToken,
+    admin: AdminApi,
     stop: Arc<AtomicBool>,
     ingest: Option<std::thread::JoinHandle<Pipeline>>,
     _lock: std::fs::File,
@@ -56,20 +62,13 @@ impl Host {
             )
         })?;
 
-        let runtime = PluginRuntime::new(config.limits.clone(), Some(&data_dir.join("wasm-cache")))?;
+        let token = AdminToken::load(config.server.token.as_deref(), data_dir)?;
+        let runtime = Arc::new(PluginRuntime::new(config.limits.clone(), Some(&data_dir.join("wasm-cache")))?);
         let catalog = Arc::new(Catalog::default());
         let sql = Arc::new(SqlEngine::new(catalog.clone(), config.query.clone())?);
         let mut pipeline = Pipeline::new(catalog);
-        for plugin in &config.plugins {
-            let wasm = resolve_plugin(&plugin.path)?;
-            let loaded = runtime
-                .load(&wasm, plugin.params.clone())
-                .with_context(|| format!("loading plugin {}", plugin.path.display()))?;
-            tracing::info!(plugin = %loaded.info().label(), path = %wasm.display(), "plugin loaded");
-            let name = loaded.info().name.clone();
-            pipeline.add(loaded).with_context(|| format!("loading plugin {}", plugin.path.display()))?;
-            pipeline.set_start(&name, plugin.start);
-        }
+        let mut registry = Registry::open(data_dir)?;
+        let building = load_plugins(config, &runtime, &mut registry, &mut pipeline)?;
 
         let checkpoints = CheckpointStore::open(&data_dir.join("checkpoints"), config.checkpoint.keep)?;
         if let Some(stats) = checkpoints.restore(&mut pipeline).context("restoring the latest checkpoint")? {
@@ -91,40 +90,68 @@ impl Host {
         pipeline.publish()?;
 
         let topics = pipeline.topics();
-        let (source, sink, log): (Box<dyn Source>, Arc<dyn EventSink>, _) = match &config.kafka {
-            Some(kafka) => {
-                let source = KafkaSource::new(kafka, &topics, pipeline.known_positions())?;
-                tracing::info!(brokers = %kafka.brokers, group = %kafka.group_id, ?topics, "reading from kafka");
-                (Box::new(source), Arc::new(KafkaSink::new(kafka)?), None)
-            }
-            None => {
-                let log = Arc::new(EmbeddedLog::open(&data_dir.join("log"), config.log.clone())?);
-                let source = EmbeddedSource::new(log.clone(), &topics, |topic, partition| {
-                    pipeline.start_offset(topic, partition)
-                })?;
-                (Box::new(source), Arc::new(EmbeddedSink(log.clone())), Some(log))
-            }
-        };
+        let (source, sink, log, readers): (Box<dyn Source>, Arc<dyn EventSink>, _, Option<ReaderFactory>) =
+            match &config.kafka {
+                Some(kafka) => {
+                    let source = KafkaSource::new(kafka, &topics, pipeline.known_positions())?;
+                    tracing::info!(brokers = %kafka.brokers, group = %kafka.group_id, ?topics, "reading from kafka");
+                    (Box::new(source), Arc::new(KafkaSink::new(kafka)?), None, None)
+                }
+                None => {
+                    let log = Arc::new(EmbeddedLog::open(&data_dir.join("log"), config.log.clone())?);
+                    let source = EmbeddedSource::new(log.clone(), &topics, |topic, partition| {
+                        pipeline.start_offset(topic, partition)
+                    })?;
+                    let reader_log = log.clone();
+                    let readers: ReaderFactory = Box::new(move |topics, positions| {
+                        let source = EmbeddedSource::new(reader_log.clone(), topics, |topic, partition| {
+                            positions.get(&(topic.to_string(), partition)).copied().unwrap_or(0)
+                        })?;
+                        Ok(Box::new(source) as Box<dyn Source>)
+                    });
+                    (Box::new(source), Arc::new(EmbeddedSink(log.clone())), Some(log), Some(readers))
+                }
+            };
 
         let status: StatusBoard = Arc::new(RwLock::new(Status { plugins: pipeline.statuses(), ..Status::default() }));
+        let logs = pipeline.log_rings();
+        let registry = Arc::new(std::sync::Mutex::new(registry));
+        let (requests_tx, requests) = std::sync::mpsc::channel();
+        // A rebuild a restart interrupted starts again.
+        for (name, version, plugin) in building {
+            let (reply, _) = tokio::sync::oneshot::channel();
+            let install = crate::admin::Install { plugin, version, intent: Intent::Rebuild };
+            tracing::info!(plugin = %name, "the rebuild a restart interrupted starts again");
+            let _ = requests_tx.send(AdminRequest::Install(Box::new(install), reply));
+        }
         let settings = IngestSettings {
             batch_size: config.server.batch_size,
             publish_interval: Duration::from_millis(config.server.publish_interval_ms.max(1)),
             checkpoint: config.checkpoint.clone(),
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let ingest = Ingest::new(pipeline, source, sink.clone(), checkpoints, settings, status.clone());
+        let ingest = Ingest::new(pipeline, source, sink.clone(), checkpoints, settings, status.clone())
+            .with_lifecycle(Lifecycle { requests, readers, registry: registry.clone() });
         let thread_stop = stop.clone();
         let handle = std::thread::Builder::new()
             .name("weir-ingest".into())
             .spawn(move || ingest.run(&thread_stop))
             .context("starting the ingest thread")?;
-        Ok(Host { status, sql, sink, log, stop, ingest: Some(handle), _lock: lock })
+        let admin = AdminApi { runtime, registry, requests: Arc::new(std::sync::Mutex::new(requests_tx)), logs };
+        Ok(Host { status, sql, sink, log, token, admin, stop, ingest: Some(handle), _lock: lock })
     }
 
-    /// State for the HTTP API.
-    pub fn api_state(&self) -> Arc<ApiState> {
-        Arc::new(ApiState { status: self.status.clone(), sql: self.sql.clone(), sink: Some(self.sink.clone()) })
+    /// State for the HTTP API listening on `http`: reads need the token too when it is bound
+    /// beyond loopback. (Once bound, [`AdminToken::advertise`] tells the CLI where the token is.)
+    pub fn api_state(&self, http: SocketAddr) -> Arc<ApiState> {
+        Arc::new(ApiState {
+            status: self.status.clone(),
+            sql: self.sql.clone(),
+            sink: Some(self.sink.clone()),
+            token: Some(self.token.clone()),
+            reads_need_token: !http.ip().is_loopback(),
+            admin: Some(self.admin.clone()),
+        })
     }
 
     /// Wait until every plugin has caught up with the end of every partition it reads (lag 0)
@@ -160,6 +187,91 @@ impl Drop for Host {
             let _ = handle.join();
         }
     }
+}
+
+/// Bring the registry up to date with the config file's plugins, then load every plugin it says
+/// runs (paused ones paused) into `pipeline`. Returns the versions whose rebuild a restart
+/// interrupted, loaded, to start again.
+fn load_plugins(
+    config: &Config,
+    runtime: &PluginRuntime,
+    registry: &mut Registry,
+    pipeline: &mut Pipeline,
+) -> anyhow::Result<Vec<(String, Version, Plugin)>> {
+    let mut listed = Vec::new();
+    for plugin in &config.plugins {
+        let wasm = resolve_plugin(&plugin.path)?;
+        let bytes = std::fs::read(&wasm).with_context(|| format!("reading plugin {}", wasm.display()))?;
+        let loaded = runtime
+            .load_bytes(&wasm, &bytes, plugin.params.clone())
+            .with_context(|| format!("loading plugin {}", plugin.path.display()))?;
+        let name = loaded.info().name.clone();
+        if listed.contains(&name) {
+            anyhow::bail!(
+                "loading plugin {}: the config lists two plugins named {name}; a plugin name is unique in a host",
+                plugin.path.display()
+            );
+        }
+        listed.push(name.clone());
+        let hash = content_hash(&bytes);
+        if registry.find_config_version(&name, &hash, &plugin.params).is_none() {
+            registry.store_component(&hash, &bytes)?;
+            let deploy = registry.add_version(
+                &name,
+                Version {
+                    deploy: 0,
+                    component: hash,
+                    version: loaded.info().version.clone(),
+                    deployed_ms: now_ms(),
+                    params: plugin.params.clone(),
+                    start: plugin.start,
+                    origin: Origin::Config,
+                    config_path: Some(plugin.path.clone()),
+                    takes_over: None,
+                },
+            );
+            registry.set_current(&name, deploy);
+            tracing::info!(plugin = %loaded.info().label(), deploy, "config plugin recorded as a new deploy");
+        }
+    }
+    // A config plugin no longer in the config stops (a CLI deploy on top of it stays).
+    let dropped: Vec<String> = registry
+        .entries()
+        .iter()
+        .filter(|e| !listed.contains(&e.name))
+        .filter(|e| e.current_version().is_some_and(|v| v.origin == Origin::Config))
+        .map(|e| e.name.clone())
+        .collect();
+    for name in dropped {
+        tracing::info!(plugin = %name, "no longer in the config file: stopped");
+        registry.remove(&name);
+    }
+    registry.save()?;
+
+    let mut building = Vec::new();
+    for entry in registry.entries() {
+        let load = |version: &Version| -> anyhow::Result<Plugin> {
+            let path = registry.component_path(&version.component);
+            let mut plugin = runtime.load(&path, version.params.clone()).with_context(|| {
+                format!("loading plugin {} deploy {} from {}", entry.name, version.deploy, path.display())
+            })?;
+            if plugin.info().name != entry.name {
+                plugin.rename(&entry.name);
+            }
+            Ok(plugin)
+        };
+        let Some(version) = entry.current_version() else { continue };
+        let plugin = load(version)?;
+        tracing::info!(plugin = %plugin.info().label(), deploy = version.deploy, paused = entry.paused, "plugin loaded");
+        pipeline.add(plugin).with_context(|| format!("loading plugin {}", entry.name))?;
+        pipeline.set_deploy(&entry.name, version.deploy, version.takes_over.iter().cloned().collect());
+        pipeline.set_start(&entry.name, version.start);
+        pipeline.set_paused(&entry.name, entry.paused);
+        if let Some(next) = entry.building.and_then(|d| entry.version(d)) {
+            building.push((entry.name.clone(), next.clone(), load(next)?));
+        }
+    }
+    Ok(building)
 }
 
 /// A plugin path: a `.wasm` file as is, a crate directory built first.

@@ -4,10 +4,55 @@
 //!
 //! It sits below the HTTP API and the ingest loop and depends on neither.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
+use weir_core::event::StartAt;
 use weir_runtime::PluginInfo;
+
+/// Where a plugin is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginState {
+    /// Processing events.
+    Running,
+    /// Holding its position and serving its tables; its lag grows.
+    Paused,
+    /// Serving its tables while another version of it replays history beside it.
+    Rebuilding,
+}
+
+impl std::fmt::Display for PluginState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PluginState::Running => "running",
+            PluginState::Paused => "paused",
+            PluginState::Rebuilding => "rebuilding",
+        })
+    }
+}
+
+/// A version of a projection replaying history into shadow tables beside the serving one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RebuildStatus {
+    /// `name@version` of the version being built.
+    pub label: String,
+    /// Its deploy number.
+    pub deploy: u32,
+    /// Content hash of its component.
+    pub component: String,
+    /// Why it runs: `deploy`, `rebuild` or `rollback`.
+    pub reason: String,
+    /// Events applied to the shadow tables so far.
+    pub events_done: u64,
+    /// Events between its positions and the end of its partitions.
+    pub events_left: u64,
+    /// Events per second over the rebuild so far.
+    pub rate: f64,
+    /// Milliseconds since it started.
+    pub elapsed_ms: u64,
+}
 
 /// What the API reports about one loaded plugin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,6 +62,16 @@ pub struct PluginStatus {
     pub info: PluginInfo,
     /// Where it was loaded from.
     pub path: String,
+    /// Content hash (SHA-256, hex) of its component.
+    pub component: String,
+    /// Its deploy number: the n-th version deployed under this name.
+    pub deploy: u32,
+    /// Running, paused or rebuilding.
+    pub state: PluginState,
+    /// Deploy-time parameters.
+    pub params: BTreeMap<String, String>,
+    /// Where it starts without a checkpoint of its own.
+    pub start: StartAt,
     /// Events it processed successfully.
     pub events_ok: u64,
     /// Events it failed on.
@@ -25,6 +80,71 @@ pub struct PluginStatus {
     pub instances_started: u64,
     /// The latest failures, newest last, each naming plugin, position and reason.
     pub recent_failures: Vec<String>,
+    /// A side-by-side rebuild in progress.
+    pub rebuild: Option<RebuildStatus>,
+    /// Why the last rebuild was abandoned, if it was.
+    pub rebuild_error: Option<String>,
+}
+
+/// `GET /v1/plugins/{name}`: a plugin's status and its lag per partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginDetail {
+    /// The plugin.
+    #[serde(flatten)]
+    pub status: PluginStatus,
+    /// Its position, end and lag per partition.
+    pub lag: Vec<Lag>,
+}
+
+/// One deployed version of a plugin (`GET /v1/plugins/{name}/versions`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// Deploy number, from 1.
+    pub deploy: u32,
+    /// Content hash (SHA-256, hex) of the component; the file is `<data_dir>/components/<hash>.wasm`.
+    pub component: String,
+    /// The version the plugin declared.
+    pub version: String,
+    /// Milliseconds since the Unix epoch when it was deployed.
+    pub deployed_ms: u64,
+    /// Deploy-time parameters.
+    pub params: BTreeMap<String, String>,
+    /// Where it starts without a checkpoint of its own.
+    pub start: StartAt,
+    /// `config` (a `[[plugin]]` of the config file) or `api` (`weir plugin deploy`).
+    pub origin: String,
+    /// Whether this is the version serving now.
+    pub current: bool,
+}
+
+/// What an admin action did (`POST /v1/plugins...`, `DELETE /v1/plugins/{name}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminOutcome {
+    /// The plugin.
+    pub name: String,
+    /// `deployed` (a new plugin), `swapped` (a new version continuing from the old one's
+    /// positions and state), `rebuilding` (a new version replaying beside the serving one),
+    /// `unchanged`, `paused`, `resumed`, `removed`.
+    pub action: String,
+    /// The deploy number now serving or being built, when there is one.
+    pub deploy: Option<u32>,
+    /// One sentence for people.
+    pub message: String,
+}
+
+/// One line a plugin logged (`GET /v1/plugins/{name}/logs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Sequence number, increasing per plugin; `?after=SEQ` returns the lines after it.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// `name@version` of the instance that logged it.
+    pub plugin: String,
+    /// The text.
+    pub message: String,
 }
 
 /// One plugin's progress on one partition.
@@ -102,10 +222,26 @@ mod tests {
                     kind: PluginKind::Handler { emits_to: vec!["alerts".into()] },
                 },
                 path: "orders.wasm".into(),
+                component: "ab".repeat(32),
+                deploy: 2,
+                state: PluginState::Rebuilding,
+                params: BTreeMap::from([("threshold".into(), "5".into())]),
+                start: StartAt::Latest,
                 events_ok: 6,
                 events_failed: 1,
                 instances_started: 2,
                 recent_failures: vec!["boom".into()],
+                rebuild: Some(RebuildStatus {
+                    label: "orders@0.2.0".into(),
+                    deploy: 3,
+                    component: "cd".repeat(32),
+                    reason: "deploy".into(),
+                    events_done: 10,
+                    events_left: 5,
+                    rate: 100.0,
+                    elapsed_ms: 100,
+                }),
+                rebuild_error: None,
             }],
             lag: vec![Lag {
                 plugin: "orders@0.1.0".into(),

@@ -41,9 +41,29 @@ use crate::query::{DATABASE, QueryError, Rows, SqlEngine};
 
 /// Bind `addr` and answer Flight SQL against `sql` until the returned server is dropped.
 pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<Listener> {
+    start_guarded(addr, sql, None).await
+}
+
+/// As [`start`], and when `token` is given every call must carry `authorization: Bearer <token>`
+/// (for a listener reachable beyond this machine); a call without it is `Unauthenticated`.
+pub async fn start_guarded(addr: SocketAddr, sql: Arc<SqlEngine>, token: Option<String>) -> std::io::Result<Listener> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let service = FlightServiceServer::new(WeirFlightSql { sql, info: Arc::new(sql_info()?) });
+    let expected: Option<Arc<str>> = token.map(|t| format!("Bearer {t}").into());
+    let check = move |request: tonic::Request<()>| -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(expected) = &expected else { return Ok(request) };
+        let given = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let same = given.len() == expected.len()
+            && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if same {
+            Ok(request)
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "this Flight SQL listener needs weir's admin token: send the header `authorization: Bearer <token>`",
+            ))
+        }
+    };
+    let service = FlightServiceServer::with_interceptor(WeirFlightSql { sql, info: Arc::new(sql_info()?) }, check);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let task = tokio::spawn(async move {
         if let Err(e) = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await {

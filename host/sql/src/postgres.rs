@@ -39,6 +39,17 @@ use crate::session::{Command, Reply, Session};
 
 /// Bind `addr` and serve queries against `sql` until the returned server is dropped.
 pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<Listener> {
+    start_guarded(addr, sql, None).await
+}
+
+/// As [`start`], and when `password` is given every client must send it (cleartext password
+/// authentication, any user name): for a listener reachable beyond this machine.
+pub async fn start_guarded(
+    addr: SocketAddr,
+    sql: Arc<SqlEngine>,
+    password: Option<String>,
+) -> std::io::Result<Listener> {
+    let password: Option<Arc<str>> = password.map(Into::into);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -46,7 +57,7 @@ pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<Lis
         loop {
             match listener.accept().await {
                 Ok((socket, _)) => {
-                    let connection = Arc::new(Connection::new(sql.clone()));
+                    let connection = Arc::new(Connection::new(sql.clone(), password.clone()));
                     sessions.spawn(async move {
                         if let Err(e) = pgwire::tokio::process_socket(socket, None, connection).await {
                             tracing::debug!(error = %e, "postgres session ended with an error");
@@ -65,13 +76,53 @@ pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<Lis
 /// One client connection: its handlers share its session.
 struct Connection {
     queries: Arc<Queries>,
+    startup: Arc<Startup>,
 }
 
 impl Connection {
-    fn new(sql: Arc<SqlEngine>) -> Connection {
+    fn new(sql: Arc<SqlEngine>, password: Option<Arc<str>>) -> Connection {
         let session = Arc::new(Mutex::new(Session::default()));
         let parser = Arc::new(Planner { sql: sql.clone(), session: session.clone() });
-        Connection { queries: Arc::new(Queries { sql, parser, session }) }
+        Connection { queries: Arc::new(Queries { sql, parser, session }), startup: Arc::new(Startup { password }) }
+    }
+}
+
+/// The start of a connection: no authentication, or the password when one is set.
+struct Startup {
+    password: Option<Arc<str>>,
+}
+
+/// The one password a guarded listener accepts.
+#[derive(Debug)]
+struct Password(Arc<str>);
+
+// async_trait's lifetimes must match the trait's elided one.
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait]
+impl pgwire::api::auth::AuthSource for Password {
+    async fn get_password(&self, _login: &pgwire::api::auth::LoginInfo) -> PgWireResult<pgwire::api::auth::Password> {
+        Ok(pgwire::api::auth::Password::new(None, self.0.as_bytes().to_vec()))
+    }
+}
+
+#[async_trait]
+impl pgwire::api::auth::StartupHandler for Startup {
+    async fn on_startup<C>(&self, client: &mut C, message: pgwire::messages::PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match &self.password {
+            None => pgwire::api::auth::StartupHandler::on_startup(&NoopHandler, client, message).await,
+            Some(password) => {
+                let handler = pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler::new(
+                    Password(password.clone()),
+                    pgwire::api::auth::DefaultServerParameterProvider::default(),
+                );
+                handler.on_startup(client, message).await
+            }
+        }
     }
 }
 
@@ -85,7 +136,7 @@ impl PgWireServerHandlers for Connection {
     }
 
     fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
-        Arc::new(NoopHandler)
+        self.startup.clone()
     }
 }
 

@@ -180,6 +180,46 @@ impl Catalog {
         Ok(())
     }
 
+    /// Whether `plugin` could own these table names (no other plugin has one of them).
+    pub fn check_names(&self, plugin: &str, tables: &[TableSchema]) -> Result<()> {
+        let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        for table in tables {
+            if let Some(first) = owners.get(&table.name)
+                && first != plugin
+            {
+                return Err(QueryError::NameClash {
+                    table: table.name.clone(),
+                    first: first.clone(),
+                    second: plugin.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Switch `snapshot`'s projection to its tables in one step: queries see either the tables
+    /// it had or these, never neither and never half. Its table names must have passed
+    /// [`Catalog::check_names`].
+    pub fn replace(&self, snapshot: ReadModelSnapshot) {
+        {
+            let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+            owners.retain(|_, owner| *owner != snapshot.plugin);
+            for table in &snapshot.tables {
+                owners.insert(table.name.clone(), snapshot.plugin.clone());
+            }
+        }
+        self.publish(snapshot);
+    }
+
+    /// Drop a projection's tables.
+    pub fn remove(&self, plugin: &str) {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, owner| owner != plugin);
+        let mut current = self.snapshots.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = BTreeMap::clone(&current);
+        next.remove(plugin);
+        *current = Arc::new(next);
+    }
+
     /// Make `snapshot` the one queries see for its projection.
     pub fn publish(&self, snapshot: ReadModelSnapshot) {
         let mut current = self.snapshots.write().unwrap_or_else(|e| e.into_inner());

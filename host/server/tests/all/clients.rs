@@ -63,6 +63,7 @@ fn every_sql_client_answers_what_http_answers() {
     let out = std::process::Command::new(&python)
         .arg(repo().join("host/server/tests/clients/check.py"))
         .args(["--http", &weir.http])
+        .env("WEIR_TOKEN", &weir.token)
         .args(["--pg", &weir.pg_port.expect("the host announced no Postgres listener").to_string()])
         .args(["--flight", &weir.flight_port.expect("the host announced no Flight SQL listener").to_string()])
         .output()

@@ -144,7 +144,10 @@ fn every_fixture_has_a_test() {
         "infinite-loop",
         "memory-bomb",
         "panic",
+        "relay",
         "sandbox-probe",
+        "tally",
+        "tally-wide",
         "typed-columns",
         "wrong-world",
     ];

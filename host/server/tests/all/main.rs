@@ -13,5 +13,6 @@ mod golden;
 mod hostile;
 mod ingest;
 mod kafka;
+mod lifecycle;
 mod sql;
 mod support;

@@ -269,7 +269,14 @@ fn answers_stay_consistent_while_ingesting() {
 fn http_sql_in_three_formats_and_tables() {
     let engine = orders_engine(2_000, QueryLimits::default());
     let rt = tokio();
-    let state = Arc::new(ApiState { status: Default::default(), sql: engine, sink: None });
+    let state = Arc::new(ApiState {
+        status: Default::default(),
+        sql: engine,
+        sink: None,
+        token: None,
+        reads_need_token: false,
+        admin: None,
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     rt.spawn(weir_host::api::serve(

@@ -93,6 +93,8 @@ pub struct WeirProcess {
     pub pg_port: Option<u16>,
     /// `PORT` of its Flight SQL listener, if it announced one.
     pub flight_port: Option<u16>,
+    /// Its admin token, read from the file it announced.
+    pub token: String,
 }
 
 impl WeirProcess {
@@ -113,6 +115,7 @@ impl WeirProcess {
         let mut http = None;
         let mut pg_port = None;
         let mut flight_port = None;
+        let mut token = None;
         for line in lines.by_ref() {
             let Ok(line) = line else { break };
             seen.push_str(&line);
@@ -126,6 +129,9 @@ impl WeirProcess {
             if let Some(addr) = line.strip_prefix("arrow flight sql on grpc://") {
                 flight_port = addr.rsplit(':').next().and_then(|p| p.trim().parse().ok());
             }
+            if let Some(path) = line.strip_prefix("admin token in ") {
+                token = std::fs::read_to_string(path.trim()).ok().map(|t| t.trim().to_string());
+            }
             if line.starts_with("try: weir sql") {
                 break;
             }
@@ -137,7 +143,8 @@ impl WeirProcess {
         };
         // Keep draining what it prints, as a terminal would.
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-        WeirProcess { child, http, pg_port, flight_port }
+        let token = token.unwrap_or_else(|| panic!("weir did not say where its admin token is; it printed:\n{seen}"));
+        WeirProcess { child, http, pg_port, flight_port, token }
     }
 
     /// SIGKILL, no chance to clean up.
@@ -158,9 +165,43 @@ impl WeirProcess {
         http("GET", &format!("http://{}{path}", self.http), None)
     }
 
-    /// POST a body; (status, body).
+    /// POST a body with the admin token; (status, body).
     pub fn post(&self, path: &str, body: &[u8]) -> (u16, String) {
-        http("POST", &format!("http://{}{path}", self.http), Some(body))
+        self.request("POST", path, Some(body), &[("authorization", &format!("Bearer {}", self.token))])
+    }
+
+    /// Any request with these headers (no token unless given); (status, body).
+    pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> (u16, String) {
+        let url = format!("http://{}{path}", self.http);
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut builder = ureq::http::Request::builder().method(method).uri(&url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let sent = match body {
+            Some(bytes) => agent.run(builder.body(bytes.to_vec()).expect("request")),
+            None => agent.run(builder.body(()).expect("request")),
+        };
+        let mut response = sent.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let code = response.status().as_u16();
+        let text = response.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
+        (code, text)
+    }
+
+    /// A request with the admin token, answered with success; its JSON.
+    pub fn admin(&self, method: &str, path: &str, body: Option<&[u8]>) -> serde_json::Value {
+        let (code, text) = self.request(method, path, body, &[("authorization", &format!("Bearer {}", self.token))]);
+        assert!((200..300).contains(&code), "{method} {path}: {code} {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    }
+
+    /// `weir ARGS --url URL` with this host's address (the CLI finds the token by itself).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .args(["--url", &format!("http://{}", self.http)])
+            .output()
+            .expect("running weir")
     }
 
     /// `GET /v1/status` as JSON.
