@@ -318,6 +318,10 @@ impl Ingest {
         self.pipeline.set_deploy(&name, version.deploy, Vec::new());
         self.pipeline.place(&name, start, positions);
         self.pipeline.set_catch_up(&name, reader);
+        // Its tables exist from now on (empty until it has applied something).
+        if let Err(e) = self.pipeline.publish() {
+            tracing::error!(error = %e, "publishing snapshots failed");
+        }
         tracing::info!(plugin = %label, deploy = version.deploy, %start, "plugin deployed");
         Ok(AdminOutcome {
             name,

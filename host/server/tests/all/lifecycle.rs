@@ -370,3 +370,126 @@ fn bad_deploys_and_unauthorised_requests_are_refused_and_change_nothing() {
     let outcome = deploy(&weir, "tally", "param=tag%3Dv1");
     assert_eq!(outcome["action"], "unchanged", "{outcome}");
 }
+
+/// Copy directory `from` to `to`, recursively (no `target/`).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            if entry.file_name() != "target" {
+                copy_dir(&entry.path(), &target);
+            }
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn succeed(out: std::process::Output, what: &str) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{what} failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+#[test]
+fn plugin_new_builds_outside_the_repository_and_the_cli_deploys_watches_and_operates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A copy of the SDK and the WIT contract, as a user outside this repository would have.
+    let copy = dir.path().join("weir-copy");
+    copy_dir(&crate::support::repo().join("sdk"), &copy.join("sdk"));
+    copy_dir(&crate::support::repo().join("wit"), &copy.join("wit"));
+    let crate_dir = dir.path().join("shop-stats");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["plugin", "new", "shop-stats", "--kind", "projection"])
+        .arg(&crate_dir)
+        .arg("--sdk")
+        .arg(copy.join("sdk"))
+        .output()
+        .unwrap();
+    succeed(out, "weir plugin new");
+    assert!(std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap().contains("weir-copy/sdk"));
+
+    let config = write_config(dir.path(), &[], "[log]\npartitions = 2\n");
+    let weir = serve(&config);
+    let orders = weir_host::sample::OrderStream::take_events(3, 40, 400);
+    let placed = orders.iter().filter(|e| e.event_type == "OrderPlaced").count() as i64;
+    let file = dir.path().join("orders.jsonl");
+    std::fs::write(&file, crate::support::envelope_lines(&orders)).unwrap();
+    crate::support::produce_file(&format!("http://{}", weir.http), "orders", &file);
+
+    // `weir dev` runs the crate's native tests, builds it and deploys it; then redeploys on save.
+    let mut dev = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("dev")
+        .arg(&crate_dir)
+        .args(["--url", &format!("http://{}", weir.http)])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("dev.stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = dev.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let wait_line = |want: &str| {
+        let started = Instant::now();
+        let mut seen = String::new();
+        while started.elapsed() < Duration::from_secs(600) {
+            if let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains(want) {
+                    return;
+                }
+            }
+        }
+        let errors = std::fs::read_to_string(dir.path().join("dev.stderr")).unwrap_or_default();
+        let tail: Vec<&str> = errors.lines().rev().take(40).collect();
+        panic!("weir dev never said {want:?}; it said:\n{seen}\nstderr, last lines:\n{}", tail.join("\n"));
+    };
+    wait_line("deployed (deploy 1)");
+    let sum = |weir: &WeirProcess| number(weir, "SELECT coalesce(sum(orders), 0) FROM shop_stats_counts");
+    let started = Instant::now();
+    while sum(&weir) != placed {
+        assert!(started.elapsed() < Duration::from_secs(60), "shop_stats_counts never counted {placed} orders");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A save: a new version, rebuilt beside the first and switched to.
+    let lib = crate_dir.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, source.replace("Orders placed and their amount, per customer", "Orders per customer (v2)"))
+        .unwrap();
+    wait_line("(deploy 2)");
+    let _ = dev.kill();
+    let _ = dev.wait();
+    wait_plugin(&weir, "shop-stats", "switched to deploy 2", |d| d["deploy"] == 2 && d["rebuild"].is_null());
+    assert_eq!(sum(&weir), placed);
+
+    // The CLI's verbs, for people and for scripts.
+    let list = succeed(weir.cli(&["plugin", "list", "--json"]), "weir plugin list");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["name"], "shop-stats");
+    let table = succeed(weir.cli(&["plugin", "list"]), "weir plugin list");
+    assert!(table.contains("shop-stats") && table.contains("running"), "{table}");
+    let versions = succeed(weir.cli(&["plugin", "versions", "shop-stats"]), "weir plugin versions");
+    assert_eq!(versions.lines().filter(|l| l.contains("api")).count(), 2, "{versions}");
+    succeed(weir.cli(&["plugin", "pause", "shop-stats"]), "weir plugin pause");
+    let status = succeed(weir.cli(&["plugin", "status", "shop-stats"]), "weir plugin status");
+    assert!(status.contains("paused"), "{status}");
+    succeed(weir.cli(&["plugin", "resume", "shop-stats"]), "weir plugin resume");
+    let rebuilt = succeed(weir.cli(&["plugin", "rebuild", "shop-stats", "--wait"]), "weir plugin rebuild --wait");
+    assert!(rebuilt.contains("switched to shop-stats@"), "{rebuilt}");
+    assert_eq!(sum(&weir), placed);
+    let refused = weir.cli(&["plugin", "pause", "no-such-plugin"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no plugin named \"no-such-plugin\""));
+    let wrong = weir.cli(&["plugin", "remove", "shop-stats", "--token", "0000000000000000000000"]);
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("WEIR_TOKEN"), "{wrong:?}");
+    succeed(weir.cli(&["plugin", "remove", "shop-stats"]), "weir plugin remove");
+}
