@@ -11,6 +11,9 @@
 //! - `readmodel`: upserts into an orders-shaped read-model table of N rows (inserts, then updates
 //!   of existing keys), publishing a snapshot every 100k changes; memory of the table against the
 //!   raw Arrow size of its rows; SQL latency (point lookup, group-by) over the published table.
+//! - `lifecycle`: a running host's plugin lifecycle over its HTTP admin API: the catch-up rate of
+//!   a projection deployed over N events of history, the rate of a side-by-side rebuild over
+//!   them, and the pause in processing of hot swaps under load.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,7 +48,7 @@ struct Args {
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
     /// Run only these scenarios (comma-separated: wasm_vs_native, kafka, readmodel, results, log,
-    /// e2e).
+    /// e2e, lifecycle).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -790,6 +793,142 @@ fn latency_at_rate(rate: usize, seconds: u64, publish_ms: u64) -> anyhow::Result
     })
 }
 
+/// The plugin lifecycle over a running host's HTTP admin API (the real path: upload, compile,
+/// checks, applied by the ingest loop between batches). `events` orders are written to the
+/// embedded log of a host with no plugin; then the orders projection is deployed (a new plugin:
+/// it catches up on a reader of its own), rebuilt (a shadow replays the same history beside it
+/// and takes over when caught up), and hot-swapped `swaps` times (`take_over`, parameters
+/// alternating) while 20,000 events/s arrive. The pause is the time the ingest loop stopped
+/// between two batches to apply a swap, as the host reports it.
+fn lifecycle(events: usize, swaps: usize) -> anyhow::Result<Vec<Figure>> {
+    use std::time::Duration;
+    let wasm = weir_host::build::build_plugin(&weir_host::demo::plugins_dir().join("orders"))?;
+    let component = std::fs::read(&wasm)?;
+    let (dir, mut config) = host_config("lifecycle", &wasm);
+    config.plugins.clear();
+    let host = weir_host::server::Host::start(&config)?;
+    let mut stream = OrderStream::new(44, 1_000);
+    let mut written = 0;
+    while written < events {
+        let chunk: Vec<_> = stream.by_ref().take((events - written).min(100_000)).collect();
+        written += chunk.len();
+        host.sink.append("orders", chunk)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    let state = host.api_state(loopback);
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(weir_host::api::serve(
+        loopback,
+        state,
+        move |addr| {
+            let _ = bound_tx.send(addr);
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let http = bound_rx.recv_timeout(Duration::from_secs(10))?;
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let auth = format!("Bearer {}", host.token.secret());
+    let admin = |path: &str, body: &[u8]| -> anyhow::Result<weir_host::status::AdminOutcome> {
+        let mut response =
+            agent.post(&format!("http://{http}{path}")).header("authorization", &auth).send(body)?;
+        let text = response.body_mut().read_to_string()?;
+        anyhow::ensure!(response.status().is_success(), "{path}: {text}");
+        Ok(serde_json::from_str(&text)?)
+    };
+    let detail = || host.status.read().unwrap_or_else(|e| e.into_inner()).plugins.first().cloned();
+
+    let started = Instant::now();
+    let outcome = admin("/v1/plugins", &component)?;
+    anyhow::ensure!(outcome.action == "deployed", "deploy: {}", outcome.message);
+    anyhow::ensure!(host.wait_caught_up(events as u64, Duration::from_secs(3_600)), "the deploy never caught up");
+    let catch_up = events as f64 / started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let outcome = admin("/v1/plugins/orders/rebuild", b"")?;
+    anyhow::ensure!(outcome.action == "rebuilding", "rebuild: {}", outcome.message);
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        if let Some(plugin) = detail()
+            && plugin.rebuild.is_none()
+        {
+            anyhow::ensure!(plugin.rebuild_error.is_none(), "rebuild: {:?}", plugin.rebuild_error);
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(3_600), "the rebuild never finished");
+    }
+    let rebuild_seconds = started.elapsed().as_secs_f64();
+
+    // Swaps while 20,000 events/s arrive (200 every 10 ms).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let (sink, stop) = (host.sink.clone(), stop.clone());
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sink.append("orders", stream.by_ref().take(200).collect())?;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(())
+        })
+    };
+    let mut pauses = Vec::with_capacity(swaps);
+    let mut round_trips = Vec::with_capacity(swaps);
+    for n in 0..swaps {
+        std::thread::sleep(Duration::from_millis(100));
+        let sent = Instant::now();
+        let outcome = admin(&format!("/v1/plugins?take_over=true&param=round%3D{}", n % 2), &component)?;
+        round_trips.push(sent.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(outcome.action == "swapped", "swap {n}: {}", outcome.message);
+        pauses.push(outcome.applied_ms);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    producer.join().map_err(|_| anyhow::anyhow!("the producer panicked"))??;
+    let _ = stop_tx.send(());
+    let _ = runtime.block_on(server);
+    host.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    pauses.sort_by(f64::total_cmp);
+    round_trips.sort_by(f64::total_cmp);
+    let single = |metric: String, unit: &'static str, value: f64, goal: &'static str| Figure {
+        scenario: "lifecycle",
+        metric,
+        unit,
+        median: value,
+        low: value,
+        high: value,
+        spread: "one run",
+        goal,
+    };
+    Ok(vec![
+        single(format!("deploy orders over {events} events: catch-up rate"), "events/s", catch_up, ""),
+        single(format!("rebuild orders side by side over {events} events"), "s", rebuild_seconds, "< 20 for 10M"),
+        single(format!("rebuild rate over {events} events"), "events/s", events as f64 / rebuild_seconds, "≥ 500000"),
+        Figure {
+            scenario: "lifecycle",
+            metric: format!("hot swap under load: pause in processing ({swaps} swaps)"),
+            unit: "ms",
+            median: percentile(&pauses, 0.5),
+            low: percentile(&pauses, 0.5),
+            high: percentile(&pauses, 0.99),
+            spread: "p50–p99",
+            goal: "< 100",
+        },
+        Figure {
+            scenario: "lifecycle",
+            metric: "hot swap: deploy request round trip (upload, compile, apply)".into(),
+            unit: "ms",
+            median: percentile(&round_trips, 0.5),
+            low: percentile(&round_trips, 0.5),
+            high: percentile(&round_trips, 0.99),
+            spread: "p50–p99",
+            goal: "",
+        },
+    ])
+}
+
 /// A tansu broker for the Kafka scenario, killed on drop.
 struct Broker(std::process::Child);
 
@@ -939,6 +1078,9 @@ fn main() -> anyhow::Result<()> {
     }
     if run("log") {
         figures.extend(embedded_log(events, repeats)?);
+    }
+    if run("lifecycle") {
+        figures.extend(lifecycle(events, if args.quick { 3 } else { 40 })?);
     }
     if run("e2e") {
         figures.push(end_to_end_embedded(events, repeats)?);

@@ -91,6 +91,15 @@ pub enum AdminError {
     Failed(String),
 }
 
+/// What applying the waiting requests did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Applied {
+    /// Something changed: publish and report.
+    pub(crate) changed: bool,
+    /// Write a checkpoint as soon as possible.
+    pub(crate) checkpoint: bool,
+}
+
 /// What the admin side shares with the ingest loop.
 pub struct Lifecycle {
     /// Requests from the API.
@@ -104,25 +113,31 @@ pub struct Lifecycle {
 const NO_READERS: &str = "this host reads from Kafka, where a plugin cannot yet read history on a reader of its own: deploying a new plugin, a projection version that rebuilds, a handler that reads new topics, pause and resume need the embedded log for now; on Kafka, add the plugin to the config file and restart";
 
 impl Ingest {
-    /// Take every request waiting and apply it. Returns whether anything changed.
-    pub(crate) fn handle_admin(&mut self) -> bool {
-        let mut changed = false;
+    /// Take every request waiting and apply it.
+    pub(crate) fn handle_admin(&mut self) -> Applied {
+        let mut applied = Applied::default();
         loop {
-            let Some(lifecycle) = &self.lifecycle else { return changed };
+            let Some(lifecycle) = &self.lifecycle else { return applied };
             let request = match lifecycle.requests.try_recv() {
                 Ok(request) => request,
-                Err(_) => return changed,
+                Err(_) => return applied,
             };
-            let (result, reply) = match request {
+            let started = std::time::Instant::now();
+            let (mut result, reply) = match request {
                 AdminRequest::Install(install, reply) => (self.install(*install), reply),
                 AdminRequest::Pause(name, reply) => (self.pause(&name), reply),
                 AdminRequest::Resume(name, reply) => (self.resume(&name), reply),
                 AdminRequest::Remove(name, reply) => (self.remove(&name), reply),
             };
-            if let Err(e) = &result {
-                tracing::warn!(error = %e, "admin request refused");
-            } else {
-                changed = true;
+            match &mut result {
+                Err(e) => tracing::warn!(error = %e, "admin request refused"),
+                Ok(outcome) => {
+                    outcome.applied_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    applied.changed = true;
+                    // A swapped version restores the checkpoints of the one it replaced, so
+                    // it needs no checkpoint of its own now; every other change does.
+                    applied.checkpoint |= !matches!(outcome.action.as_str(), "swapped" | "unchanged");
+                }
             }
             // The API may have given up waiting; the change stands either way.
             let _ = reply.send(result);
@@ -189,7 +204,8 @@ impl Ingest {
                     name,
                     action: "unchanged".into(),
                     deploy,
-                    message: format!("{label} with these parameters is what runs already; nothing changed"),
+                    applied_ms: 0.0,
+                message: format!("{label} with these parameters is what runs already; nothing changed"),
                 });
             }
         }
@@ -231,9 +247,15 @@ impl Ingest {
             }
             let deploy = {
                 let mut registry = self.registry()?;
+                let mut chain = self.pipeline.taken_over(&name);
+                chain.push(old_fingerprint);
+                let excess = chain.len().saturating_sub(crate::pipeline::MAX_TAKEN_OVER);
+                chain.drain(..excess);
+                version.takes_over = chain;
                 if version.deploy == 0 {
-                    version.takes_over = Some(old_fingerprint);
                     version.deploy = registry.add_version(&name, version.clone());
+                } else {
+                    registry.set_takes_over(&name, version.deploy, version.takes_over.clone());
                 }
                 registry.set_current(&name, version.deploy);
                 Self::save(&registry)?;
@@ -251,6 +273,7 @@ impl Ingest {
                 name,
                 action: "swapped".into(),
                 deploy: Some(deploy),
+                applied_ms: 0.0,
                 message: format!(
                     "{label} (deploy {deploy}) replaced {old_label} between two batches and continues from its positions and state"
                 ),
@@ -284,7 +307,8 @@ impl Ingest {
             name,
             action: "rebuilding".into(),
             deploy: Some(deploy),
-            message: format!(
+            applied_ms: 0.0,
+                message: format!(
                 "{label} (deploy {deploy}) replays from {} into tables of its own while {old_label} keeps serving; queries switch to it when it has caught up",
                 version.start
             ),
@@ -327,7 +351,8 @@ impl Ingest {
             name,
             action: "deployed".into(),
             deploy: Some(version.deploy),
-            message: format!(
+            applied_ms: 0.0,
+                message: format!(
                 "{label} deployed (deploy {}); it reads from {start} on a reader of its own and joins the shared feed when it has caught up",
                 version.deploy
             ),
@@ -395,7 +420,7 @@ impl Ingest {
 }
 
 fn outcome(name: &str, action: &str, message: String) -> AdminOutcome {
-    AdminOutcome { name: name.to_string(), action: action.to_string(), deploy: None, message }
+    AdminOutcome { name: name.to_string(), action: action.to_string(), deploy: None, message, applied_ms: 0.0 }
 }
 
 /// What differs between two projections' tables, in words.

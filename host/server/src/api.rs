@@ -356,7 +356,7 @@ async fn deploy(
         start: query.start,
         origin: Origin::Api,
         config_path: None,
-        takes_over: None,
+        takes_over: Vec::new(),
     };
     let intent = Intent::Deploy { take_over: query.take_over };
     let outcome =

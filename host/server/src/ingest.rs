@@ -155,10 +155,11 @@ impl Ingest {
                 self.report(&turn);
                 continue;
             }
-            if self.handle_admin() {
+            let applied = self.handle_admin();
+            if applied.changed {
                 turn.dirty = true;
                 turn.unsaved = true;
-                turn.checkpoint_soon = true;
+                turn.checkpoint_soon |= applied.checkpoint;
                 self.report(&turn);
             }
             self.poll_and_process(&mut turn);

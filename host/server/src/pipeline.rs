@@ -31,6 +31,9 @@ pub type LogRings = Arc<Mutex<BTreeMap<String, SharedLogs>>>;
 /// Failures kept per plugin for reporting.
 const RECENT_FAILURES: usize = 100;
 
+/// Fingerprints of earlier versions a plugin accepts checkpoints of (swaps between checkpoints).
+pub const MAX_TAKEN_OVER: usize = 16;
+
 struct Slot {
     plugin: Plugin,
     model: Option<ReadModel>,
@@ -304,6 +307,11 @@ impl Pipeline {
         }
     }
 
+    /// The fingerprints of the versions plugin `name` took over from.
+    pub fn taken_over(&self, name: &str) -> Vec<String> {
+        self.slot(name).map(|s| s.accepts.clone()).unwrap_or_default()
+    }
+
     /// Whether a checkpoint with `fingerprint` holds plugin `name`'s own state.
     pub fn accepts(&self, name: &str, fingerprint: &str) -> bool {
         self.slot(name)
@@ -365,7 +373,9 @@ impl Pipeline {
         let previous = slot.plugin.fingerprint().to_string();
         let old = std::mem::replace(&mut slot.plugin, next);
         slot.deploy = deploy;
-        slot.accepts = vec![previous];
+        slot.accepts.push(previous);
+        let excess = slot.accepts.len().saturating_sub(MAX_TAKEN_OVER);
+        slot.accepts.drain(..excess);
         slot.recent_failures.clear();
         Some(old)
     }

@@ -75,10 +75,11 @@ pub struct Version {
     /// path, to recognise it again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_path: Option<PathBuf>,
-    /// The checkpoint fingerprint of the version it took over from (handlers and
-    /// `--take-over` projections): a checkpoint of that version is this version's own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub takes_over: Option<String>,
+    /// The checkpoint fingerprints of the versions it took over from, directly or through other
+    /// swaps (handlers and `--take-over` projections): a checkpoint of one of them is this
+    /// version's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub takes_over: Vec<String>,
 }
 
 /// One plugin name.
@@ -218,6 +219,13 @@ impl Registry {
         }
     }
 
+    /// Record the checkpoint fingerprints `deploy` of `name` accepts as its own.
+    pub fn set_takes_over(&mut self, name: &str, deploy: u32, chain: Vec<String>) {
+        if let Some(version) = self.entry_mut(name).versions.iter_mut().find(|v| v.deploy == deploy) {
+            version.takes_over = chain;
+        }
+    }
+
     /// Record that `deploy` of `name` is being rebuilt beside the current one (`None`: not any
     /// more).
     pub fn set_building(&mut self, name: &str, deploy: Option<u32>) {
@@ -297,7 +305,7 @@ mod tests {
             start: StartAt::Earliest,
             origin,
             config_path: None,
-            takes_over: None,
+            takes_over: Vec::new(),
         }
     }
 

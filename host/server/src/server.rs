@@ -227,7 +227,7 @@ fn load_plugins(
                     start: plugin.start,
                     origin: Origin::Config,
                     config_path: Some(plugin.path.clone()),
-                    takes_over: None,
+                    takes_over: Vec::new(),
                 },
             );
             registry.set_current(&name, deploy);
@@ -264,7 +264,7 @@ fn load_plugins(
         let plugin = load(version)?;
         tracing::info!(plugin = %plugin.info().label(), deploy = version.deploy, paused = entry.paused, "plugin loaded");
         pipeline.add(plugin).with_context(|| format!("loading plugin {}", entry.name))?;
-        pipeline.set_deploy(&entry.name, version.deploy, version.takes_over.iter().cloned().collect());
+        pipeline.set_deploy(&entry.name, version.deploy, version.takes_over.clone());
         pipeline.set_start(&entry.name, version.start);
         pipeline.set_paused(&entry.name, entry.paused);
         if let Some(next) = entry.building.and_then(|d| entry.version(d)) {

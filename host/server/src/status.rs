@@ -130,6 +130,10 @@ pub struct AdminOutcome {
     pub deploy: Option<u32>,
     /// One sentence for people.
     pub message: String,
+    /// Milliseconds the ingest loop stopped between two batches to apply it (for a swap: the
+    /// whole pause in processing).
+    #[serde(default)]
+    pub applied_ms: f64,
 }
 
 /// One line a plugin logged (`GET /v1/plugins/{name}/logs`).
