@@ -833,8 +833,7 @@ fn lifecycle(events: usize, swaps: usize) -> anyhow::Result<Vec<Figure>> {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let auth = format!("Bearer {}", host.token.secret());
     let admin = |path: &str, body: &[u8]| -> anyhow::Result<weir_host::status::AdminOutcome> {
-        let mut response =
-            agent.post(&format!("http://{http}{path}")).header("authorization", &auth).send(body)?;
+        let mut response = agent.post(&format!("http://{http}{path}")).header("authorization", &auth).send(body)?;
         let text = response.body_mut().read_to_string()?;
         anyhow::ensure!(response.status().is_success(), "{path}: {text}");
         Ok(serde_json::from_str(&text)?)

@@ -91,6 +91,13 @@ pub enum AdminError {
     Failed(String),
 }
 
+/// A registry write on a thread of its own, for a swap already applied: its answer waits for it.
+pub(crate) struct PendingSave {
+    done: std::sync::mpsc::Receiver<Result<(), String>>,
+    /// The answer, once the request that needed the write has one.
+    answer: Option<(AdminOutcome, Reply)>,
+}
+
 /// What applying the waiting requests did.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Applied {
@@ -113,9 +120,49 @@ pub struct Lifecycle {
 const NO_READERS: &str = "this host reads from Kafka, where a plugin cannot yet read history on a reader of its own: deploying a new plugin, a projection version that rebuilds, a handler that reads new topics, pause and resume need the embedded log for now; on Kafka, add the plugin to the config file and restart";
 
 impl Ingest {
+    /// Answer a swap whose registry write has finished (with `wait`, once it has).
+    pub(crate) fn finish_save(&mut self, wait: bool) {
+        let Some(saving) = &self.saving else { return };
+        let result = if wait {
+            saving.done.recv().unwrap_or_else(|_| Err("the registry writer stopped".into()))
+        } else {
+            match saving.done.try_recv() {
+                Ok(result) => result,
+                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => Err("the registry writer stopped".into()),
+            }
+        };
+        let Some(saving) = self.saving.take() else { return };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "recording a swap in the registry failed; it runs, but a restart brings back what the registry says");
+        }
+        if let Some((outcome, reply)) = saving.answer {
+            let _ = reply.send(result.map(|()| outcome).map_err(|e| {
+                AdminError::Failed(format!(
+                    "the new version runs, but recording it failed ({e}): a restart brings back the previous one"
+                ))
+            }));
+        }
+    }
+
+    /// Write the registry on a thread of its own (after any write still running).
+    fn save_in_background(&mut self, encoded: (std::path::PathBuf, Vec<u8>)) {
+        self.finish_save(true);
+        let (tx, done) = std::sync::mpsc::channel();
+        let (path, text) = encoded;
+        let spawned = std::thread::Builder::new().name("weir-registry".into()).spawn(move || {
+            let _ = tx.send(weir_core::durable::write_atomically(&path, &text).map_err(|e| e.to_string()));
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the registry writer");
+        }
+        self.saving = Some(PendingSave { done, answer: None });
+    }
+
     /// Take every request waiting and apply it.
     pub(crate) fn handle_admin(&mut self) -> Applied {
         let mut applied = Applied::default();
+        self.finish_save(false);
         loop {
             let Some(lifecycle) = &self.lifecycle else { return applied };
             let request = match lifecycle.requests.try_recv() {
@@ -138,6 +185,15 @@ impl Ingest {
                     // it needs no checkpoint of its own now; every other change does.
                     applied.checkpoint |= !matches!(outcome.action.as_str(), "swapped" | "unchanged");
                 }
+            }
+            // A swap's answer waits for its registry write (off this thread, so the pause in
+            // processing is only the swap itself).
+            if let (Ok(outcome), Some(saving)) = (&result, &mut self.saving)
+                && saving.answer.is_none()
+                && outcome.action == "swapped"
+            {
+                saving.answer = Some((outcome.clone(), reply));
+                continue;
             }
             // The API may have given up waiting; the change stands either way.
             let _ = reply.send(result);
@@ -205,7 +261,7 @@ impl Ingest {
                     action: "unchanged".into(),
                     deploy,
                     applied_ms: 0.0,
-                message: format!("{label} with these parameters is what runs already; nothing changed"),
+                    message: format!("{label} with these parameters is what runs already; nothing changed"),
                 });
             }
         }
@@ -258,9 +314,17 @@ impl Ingest {
                     registry.set_takes_over(&name, version.deploy, version.takes_over.clone());
                 }
                 registry.set_current(&name, version.deploy);
-                Self::save(&registry)?;
-                version.deploy
+                if !self.pipeline.is_rebuilding(&name) {
+                    registry.set_building(&name, None);
+                }
+                let encoded = registry
+                    .encode()
+                    .map_err(|e| AdminError::Failed(format!("recording the change: {e}; nothing changed")))?;
+                (version.deploy, encoded)
             };
+            let (deploy, encoded) = deploy;
+            // Written before any checkpoint can hold the new version (`start_checkpoint` waits).
+            self.save_in_background(encoded);
             let topics = plugin.info().topics.clone();
             self.pipeline.swap(&name, plugin, deploy);
             if new_topics {
@@ -308,7 +372,7 @@ impl Ingest {
             action: "rebuilding".into(),
             deploy: Some(deploy),
             applied_ms: 0.0,
-                message: format!(
+            message: format!(
                 "{label} (deploy {deploy}) replays from {} into tables of its own while {old_label} keeps serving; queries switch to it when it has caught up",
                 version.start
             ),
@@ -352,7 +416,7 @@ impl Ingest {
             action: "deployed".into(),
             deploy: Some(version.deploy),
             applied_ms: 0.0,
-                message: format!(
+            message: format!(
                 "{label} deployed (deploy {}); it reads from {start} on a reader of its own and joins the shared feed when it has caught up",
                 version.deploy
             ),

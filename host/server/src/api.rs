@@ -432,8 +432,20 @@ async fn versions(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<VersionRecord>>, ApiError> {
     let admin = admin(&state)?;
-    let records = admin.registry.lock().unwrap_or_else(|e| e.into_inner()).records(&name);
-    records.map(Json).ok_or_else(|| AdminError::NotFound(name).into())
+    let mut records = admin
+        .registry
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .records(&name)
+        .ok_or(AdminError::NotFound(name.clone()))?;
+    // What serves now, as the ingest loop reports it: the registry records a rebuilt version as
+    // serving only once a checkpoint holds its tables.
+    if let Some(serving) = read_status(&state).plugins.iter().find(|p| p.info.name == name).map(|p| p.deploy) {
+        for record in &mut records {
+            record.current = record.deploy == serving;
+        }
+    }
+    Ok(Json(records))
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -238,6 +238,15 @@ impl CheckpointStore {
         }
     }
 
+    /// Each plugin's fingerprint in the newest complete checkpoint (none: empty).
+    pub fn fingerprints(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        Ok(match self.latest() {
+            Ok(Some((manifest, _))) => manifest.plugins.into_iter().map(|p| (p.name, p.fingerprint)).collect(),
+            Ok(None) | Err(CheckpointError::Invalid { .. }) => Default::default(),
+            Err(e) => return Err(e),
+        })
+    }
+
     /// The sequence number the next checkpoint gets.
     pub fn next_seq(&self) -> Result<u64> {
         Ok(self.sequences()?.last().map_or(1, |s| s + 1))

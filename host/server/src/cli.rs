@@ -1181,7 +1181,17 @@ fn run_dev(dir: &Path, host: &HostArgs, name: Option<&str>, params: &[(String, S
     if !dir.join("Cargo.toml").is_file() {
         anyhow::bail!("{} has no Cargo.toml: give a plugin crate (weir plugin new writes one)", dir.display());
     }
-    let client = AdminClient::new(host);
+    let mut client = AdminClient::new(host);
+    // No host at --url: run a demo host there, on the demo stream, for as long as this runs.
+    let _demo = match client.exchange(Method::Get, "/healthz", None, "text/plain") {
+        Ok(_) => None,
+        Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+            let demo = start_dev_host(&client.url)?;
+            client = AdminClient::new(&HostArgs { url: host.url.clone(), token: host.token.clone() });
+            Some(demo)
+        }
+        Err(e) => return Err(e),
+    };
     let request = DeployRequest { name, from: None, params, take_over: false };
     say(format!(
         "watching {}/Cargo.toml and {}/src; on every change: cargo test, build, deploy to {}. Ctrl-C to stop.",
@@ -1198,6 +1208,49 @@ fn run_dev(dir: &Path, host: &HostArgs, name: Option<&str>, params: &[(String, S
             dev_round(dir, &client, &request);
         }
         std::thread::sleep(DEV_POLL);
+    }
+}
+
+/// A `weir demo` child serving at `url` (its own data directory, no Postgres or Flight SQL
+/// listener), killed when dropped; returned once it answers.
+fn start_dev_host(url: &str) -> anyhow::Result<DevHost> {
+    let address = url.trim_start_matches("http://").trim_end_matches('/');
+    let address: SocketAddr = address
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .with_context(|| format!("no host answers at {url}, and it is not an address to start one on"))?;
+    let data_dir = std::env::temp_dir().join(format!("weir-dev-{}", std::process::id()));
+    say(format!("no weir host answers at {url}: starting one there on the demo stream ({})", data_dir.display()));
+    let child = Process::new(std::env::current_exe().context("finding the weir binary")?)
+        .args(["demo", "--pg", "off", "--flight", "off", "--http", &address.to_string()])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting weir demo")?;
+    let host = DevHost { child, data_dir };
+    let client = AdminClient::new(&HostArgs { url: url.to_string(), token: None });
+    let started = Instant::now();
+    while client.exchange(Method::Get, "/healthz", None, "text/plain").is_err() {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "the demo host did not start within 10 minutes");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(host)
+}
+
+/// The demo host `weir dev` started.
+struct DevHost {
+    child: std::process::Child,
+    data_dir: PathBuf,
+}
+
+impl Drop for DevHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 

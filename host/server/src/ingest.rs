@@ -40,6 +40,8 @@ pub struct Ingest {
     pub(crate) pipeline: Pipeline,
     pub(crate) source: Box<dyn Source>,
     pub(crate) lifecycle: Option<Lifecycle>,
+    /// A registry write running for a swap.
+    pub(crate) saving: Option<crate::admin::PendingSave>,
     sink: Arc<dyn EventSink>,
     checkpoints: CheckpointStore,
     settings: IngestSettings,
@@ -50,6 +52,9 @@ pub struct Ingest {
 struct Writing {
     done: mpsc::Receiver<checkpoint::Result<WriteStats>>,
     positions: PositionMap,
+    /// Rebuilt versions that took over before this checkpoint was captured: (name, deploy). The
+    /// registry records them as serving once the checkpoint holding their tables is written.
+    switches: Vec<(String, u32)>,
 }
 
 /// What the loop carries from one turn to the next.
@@ -76,6 +81,8 @@ struct Turn {
     catching_up: bool,
     /// Checkpoint at the end of this turn (a plugin was deployed, swapped or removed).
     checkpoint_soon: bool,
+    /// Rebuilt versions serving since the last checkpoint was captured.
+    switches: Vec<(String, u32)>,
 }
 
 impl Turn {
@@ -96,6 +103,7 @@ impl Turn {
             backoff: BACKOFF_MIN,
             catching_up: false,
             checkpoint_soon: false,
+            switches: Vec::new(),
         }
     }
 
@@ -128,7 +136,7 @@ impl Ingest {
         settings: IngestSettings,
         status: StatusBoard,
     ) -> Self {
-        Ingest { pipeline, source, lifecycle: None, sink, checkpoints, settings, status }
+        Ingest { pipeline, source, lifecycle: None, saving: None, sink, checkpoints, settings, status }
     }
 
     /// Take admin requests (deploys, pauses, rebuilds...) from `lifecycle` between batches.
@@ -188,6 +196,7 @@ impl Ingest {
     /// Shutdown: let a running checkpoint finish, write what handlers emitted, then write a last
     /// checkpoint if anything is unsaved.
     fn shut_down(mut self, mut turn: Turn) -> Pipeline {
+        self.finish_save(true);
         self.collect_checkpoint(&mut turn, true);
         if !self.write_pending(&mut turn) {
             tracing::error!(
@@ -305,16 +314,28 @@ impl Ingest {
         if result.switched.is_empty() {
             return;
         }
-        if let Some(lifecycle) = &self.lifecycle {
-            let mut registry = lifecycle.registry.lock().unwrap_or_else(|e| e.into_inner());
-            for (name, deploy) in &result.switched {
+        // Recorded in the registry once a checkpoint holds the new tables (`record_switches`):
+        // a crash in between restarts from the checkpoint, with the version it holds.
+        turn.switches.extend(result.switched);
+        turn.checkpoint_soon = true;
+    }
+
+    /// A checkpoint holding these rebuilt versions is written: record them as serving.
+    fn record_switches(&self, switches: &[(String, u32)]) {
+        let Some(lifecycle) = &self.lifecycle else { return };
+        if switches.is_empty() {
+            return;
+        }
+        let mut registry = lifecycle.registry.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, deploy) in switches {
+            // Unless something newer happened to it since (removed, swapped, rebuilt again).
+            if registry.entry(name).is_some_and(|e| e.building == Some(*deploy)) {
                 registry.set_current(name, *deploy);
             }
-            if let Err(e) = registry.save() {
-                tracing::error!(error = %e, "recording the switch to rebuilt versions failed");
-            }
         }
-        turn.checkpoint_soon = true;
+        if let Err(e) = registry.save() {
+            tracing::error!(error = %e, "recording the switch to rebuilt versions failed; a restart finds it in the checkpoint");
+        }
     }
 
     /// Publish snapshots at least every `publish_interval` while something changed; keep the
@@ -377,10 +398,15 @@ impl Ingest {
 
     /// Capture every plugin's tables, state and positions, and write them on a thread of their own.
     fn start_checkpoint(&mut self, turn: &mut Turn) {
+        // The registry names the versions this checkpoint holds before it exists.
+        self.finish_save(true);
         turn.last_checkpoint = Instant::now();
         turn.unsaved = false;
         match self.spawn_checkpoint() {
-            Ok(writing) => turn.writing = Some(writing),
+            Ok(mut writing) => {
+                writing.switches = std::mem::take(&mut turn.switches);
+                turn.writing = Some(writing);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint failed; the previous one stays, retrying at the next interval");
                 turn.unsaved = true;
@@ -401,7 +427,7 @@ impl Ingest {
                 let _ = tx.send(store.next_seq().and_then(|seq| store.write(seq, &captures)));
             })
             .map_err(CheckpointError::Thread)?;
-        Ok(Writing { done: rx, positions })
+        Ok(Writing { done: rx, positions, switches: Vec::new() })
     }
 
     /// Take the result of the running checkpoint, if there is one and it is done (or, with
@@ -439,6 +465,7 @@ impl Ingest {
                         write_ms: stats.elapsed.as_millis() as u64,
                     });
                 }
+                self.record_switches(&writing.switches);
                 if let Err(e) = self.source.checkpointed(&writing.positions) {
                     tracing::warn!(error = %e, "committing positions to the source failed");
                 }

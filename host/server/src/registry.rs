@@ -278,11 +278,18 @@ impl Registry {
 
     /// Write the registry (atomically).
     pub fn save(&self) -> Result<()> {
+        let (path, text) = self.encode()?;
+        durable::write_atomically(&path, &text)?;
+        Ok(())
+    }
+
+    /// The file and what [`Registry::save`] would write to it, to write elsewhere (off a thread
+    /// that must not wait for the disk) with `weir_core::durable::write_atomically`.
+    pub fn encode(&self) -> Result<(PathBuf, Vec<u8>)> {
         let file = RegistryFile { format: FORMAT, plugins: self.entries.clone() };
         let text = serde_json::to_vec_pretty(&file)
             .map_err(|e| RegistryError::Invalid { path: self.file.clone(), message: e.to_string() })?;
-        durable::write_atomically(&self.file, &text)?;
-        Ok(())
+        Ok((self.file.clone(), text))
     }
 }
 

@@ -68,9 +68,10 @@ impl Host {
         let sql = Arc::new(SqlEngine::new(catalog.clone(), config.query.clone())?);
         let mut pipeline = Pipeline::new(catalog);
         let mut registry = Registry::open(data_dir)?;
-        let building = load_plugins(config, &runtime, &mut registry, &mut pipeline)?;
-
         let checkpoints = CheckpointStore::open(&data_dir.join("checkpoints"), config.checkpoint.keep)?;
+        let checkpointed = checkpoints.fingerprints().context("reading the latest checkpoint")?;
+        let building = load_plugins(config, &runtime, &mut registry, &mut pipeline, &checkpointed)?;
+
         if let Some(stats) = checkpoints.restore(&mut pipeline).context("restoring the latest checkpoint")? {
             tracing::info!(
                 seq = stats.seq,
@@ -197,6 +198,7 @@ fn load_plugins(
     runtime: &PluginRuntime,
     registry: &mut Registry,
     pipeline: &mut Pipeline,
+    checkpointed: &std::collections::BTreeMap<String, String>,
 ) -> anyhow::Result<Vec<(String, Version, Plugin)>> {
     let mut listed = Vec::new();
     for plugin in &config.plugins {
@@ -245,6 +247,23 @@ fn load_plugins(
     for name in dropped {
         tracing::info!(plugin = %name, "no longer in the config file: stopped");
         registry.remove(&name);
+    }
+    // A rebuilt version the latest checkpoint holds took over before a crash that came before
+    // the registry recorded it: it serves.
+    let promoted: Vec<(String, u32)> = registry
+        .entries()
+        .iter()
+        .filter_map(|e| {
+            let next = e.version(e.building?)?;
+            let path = registry.component_path(&next.component);
+            let saved = checkpointed.get(&e.name)?;
+            let plugin = runtime.load(&path, next.params.clone()).ok()?;
+            (plugin.fingerprint() == saved).then(|| (e.name.clone(), next.deploy))
+        })
+        .collect();
+    for (name, deploy) in promoted {
+        tracing::info!(plugin = %name, deploy, "the latest checkpoint holds the rebuilt version: it serves");
+        registry.set_current(&name, deploy);
     }
     registry.save()?;
 

@@ -493,3 +493,29 @@ fn plugin_new_builds_outside_the_repository_and_the_cli_deploys_watches_and_oper
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("WEIR_TOKEN"), "{wrong:?}");
     succeed(weir.cli(&["plugin", "remove", "shop-stats"]), "weir plugin remove");
 }
+
+#[test]
+fn a_rebuild_cut_by_kill_9_starts_again_while_the_old_tables_keep_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        write_config(dir.path(), &[("tally", "tag = \"v1\""), ("relay", "tag = \"v1\"")], "[log]\npartitions = 2\n");
+    let weir = serve(&config);
+    let sent = 12_000;
+    produce(&weir, 0, sent, 2_000);
+    assert_exactly_once(&weir, sent);
+    // A checkpoint (every 150 ms) holds all of it before the kill.
+    std::thread::sleep(Duration::from_millis(600));
+    let outcome = deploy(&weir, "tally-wide", "param=tag%3Dv2");
+    assert_eq!(outcome["action"], "rebuilding", "{outcome}");
+    std::thread::sleep(Duration::from_millis(50));
+    weir.kill9();
+
+    let weir = serve(&config);
+    // Whatever instant the kill hit, the tables serve whole: v1's, or v2's once it has caught up.
+    let applied = number(&weir, "SELECT sum(events) FROM tally WHERE key LIKE 'events:%'");
+    assert_eq!(applied, number(&weir, "SELECT count(*) FROM seen WHERE id LIKE 'events:%'"));
+    assert_eq!(applied, sent as i64, "a restart served a half-built table");
+    wait_plugin(&weir, "tally", "finished the rebuild", |d| d["deploy"] == 2 && d["rebuild"].is_null());
+    assert_exactly_once(&weir, sent);
+    assert_eq!(number(&weir, "SELECT count(*) FROM seen WHERE tag <> 'v2'"), 0);
+}

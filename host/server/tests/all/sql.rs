@@ -360,3 +360,68 @@ fn clashing_table_names_are_refused_at_load() {
         "table seen is declared by both infinite-loop and panic; table names must be unique across plugins"
     );
 }
+
+/// What a listener reachable beyond this machine does: every read needs the admin token (HTTP
+/// bearer, Postgres password). The guards are started on loopback here, as
+/// tests must; `weir serve` turns them on when it binds a non-loopback address.
+#[test]
+fn guarded_listeners_need_the_admin_token_for_reads_too() {
+    let engine = orders_engine(100, QueryLimits::default());
+    let rt = tokio();
+    let secret = "a-test-admin-token-0123456789";
+    let state = Arc::new(ApiState {
+        status: Default::default(),
+        sql: engine.clone(),
+        sink: None,
+        token: Some(weir_host::auth::AdminToken::new(secret)),
+        reads_need_token: true,
+        admin: None,
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(weir_host::api::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        state,
+        move |addr| tx.send(addr).unwrap(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = agent.get(&format!("http://{addr}{path}"));
+        if let Some(token) = token {
+            request = request.header("authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request.call().unwrap();
+        (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+    };
+    let (code, body) = get("/v1/tables", None);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("needs the admin token"), "{body}");
+    assert_eq!(get("/v1/tables", Some("not-the-token-at-all")).0, 401);
+    assert_eq!(get("/v1/tables", Some(secret)).0, 200);
+    assert_eq!(get("/healthz", None).0, 200, "health checks need no token");
+
+    let pg = rt
+        .block_on(weir_sql::postgres::start_guarded("127.0.0.1:0".parse().unwrap(), engine, Some(secret.into())))
+        .unwrap();
+    let psql = |password: &str| {
+        std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &pg.addr().port().to_string(), "-U", "weir", "-d", "weir"])
+            .args(["-X", "-A", "-t", "-w", "-c", "SELECT count(*) FROM orders"])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("psql (Debian's postgresql-client) must be installed; test.sh installs it")
+    };
+    let refused = psql("wrong");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("password"), "{refused:?}");
+    let answered = psql(secret);
+    assert!(answered.status.success(), "{}", String::from_utf8_lossy(&answered.stderr));
+    let count: u64 = String::from_utf8_lossy(&answered.stdout).trim().parse().expect("a count");
+    assert!(count > 0);
+    let _ = stop_tx.send(());
+}
