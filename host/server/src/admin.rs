@@ -245,7 +245,7 @@ impl Ingest {
         let name = plugin.info().name.clone();
         let label = plugin.info().label();
         let Some(running) = self.pipeline.plugin(&name) else {
-            if intent != (Intent::Deploy { take_over: false }) && intent != (Intent::Deploy { take_over: true }) {
+            if !matches!(intent, Intent::Deploy { .. }) {
                 return Err(AdminError::NotFound(name));
             }
             return self.deploy_new(plugin, version);
@@ -253,17 +253,15 @@ impl Ingest {
         let (old_kind, old_topics, old_fingerprint) =
             (running.info().kind.clone(), running.info().topics.clone(), running.fingerprint().to_string());
         let old_label = running.info().label();
-        if intent == (Intent::Deploy { take_over: false }) || intent == (Intent::Deploy { take_over: true }) {
-            if running.fingerprint() == plugin.fingerprint() {
-                let deploy = self.registry()?.entry(&name).and_then(|e| e.current);
-                return Ok(AdminOutcome {
-                    name,
-                    action: "unchanged".into(),
-                    deploy,
-                    applied_ms: 0.0,
-                    message: format!("{label} with these parameters is what runs already; nothing changed"),
-                });
-            }
+        if matches!(intent, Intent::Deploy { .. }) && running.fingerprint() == plugin.fingerprint() {
+            let deploy = self.registry()?.entry(&name).and_then(|e| e.current);
+            return Ok(AdminOutcome {
+                name,
+                action: "unchanged".into(),
+                deploy,
+                applied_ms: 0.0,
+                message: format!("{label} with these parameters is what runs already; nothing changed"),
+            });
         }
         let same_tables = match (&old_kind, &plugin.info().kind) {
             (PluginKind::Projection { tables: old }, PluginKind::Projection { tables: new }) => old == new,

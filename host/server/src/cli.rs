@@ -815,7 +815,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -942,7 +942,7 @@ fn progress_text(rebuild: &RebuildStatus) -> String {
     let (done, left) = (rebuild.events_done, rebuild.events_left);
     let total = u128::from(done) + u128::from(left);
     let share = |scale: u64| {
-        if total == 0 { scale } else { u64::try_from(u128::from(done) * u128::from(scale) / total).unwrap_or(scale) }
+        (u128::from(done) * u128::from(scale)).checked_div(total).map_or(scale, |n| u64::try_from(n).unwrap_or(scale))
     };
     let filled = share(PROGRESS_WIDTH).min(PROGRESS_WIDTH);
     let bar = format!("{}{}", "#".repeat(filled as usize), ".".repeat((PROGRESS_WIDTH - filled) as usize));
