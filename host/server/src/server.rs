@@ -203,7 +203,8 @@ fn load_plugins(
     let mut listed = Vec::new();
     for plugin in &config.plugins {
         let wasm = resolve_plugin(&plugin.path)?;
-        let bytes = std::fs::read(&wasm).with_context(|| format!("reading plugin {}", wasm.display()))?;
+        let bytes = std::fs::read(&wasm)
+            .with_context(|| format!("loading plugin {}: cannot read {}", plugin.path.display(), wasm.display()))?;
         let loaded = runtime
             .load_bytes(&wasm, &bytes, plugin.params.clone())
             .with_context(|| format!("loading plugin {}", plugin.path.display()))?;

@@ -86,6 +86,7 @@ fn the_embedded_log_keeps_every_acknowledged_event_through_kill_9() {
     for round in 0..4 {
         let weir = serve(&config);
         let url = format!("http://{}/v1/topics/orders/events", weir.http);
+        let auth = format!("Bearer {}", weir.token);
         // Appends race the kill: some requests are cut off mid-write.
         let batch: Vec<Event> = events[sent..sent + 10_000].to_vec();
         sent += 10_000;
@@ -93,7 +94,8 @@ fn the_embedded_log_keeps_every_acknowledged_event_through_kill_9() {
             let mut acks = Vec::new();
             for chunk in batch.chunks(250) {
                 let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-                let Ok(mut response) = agent.post(&url).send(&envelope_lines(chunk)[..]) else {
+                let Ok(mut response) = agent.post(&url).header("authorization", &auth).send(&envelope_lines(chunk)[..])
+                else {
                     break;
                 };
                 if response.status() != 200 {

@@ -418,7 +418,7 @@ fn guarded_listeners_need_the_admin_token_for_reads_too() {
     };
     let refused = psql("wrong");
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("password"), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Password authentication failed"), "{refused:?}");
     let answered = psql(secret);
     assert!(answered.status.success(), "{}", String::from_utf8_lossy(&answered.stderr));
     let count: u64 = String::from_utf8_lossy(&answered.stdout).trim().parse().expect("a count");
