@@ -14,9 +14,11 @@
 //!   version replays from its start into tables of its own beside the serving one; when it has
 //!   caught up, queries switch to its tables in one swap (`Pipeline::catch_up`).
 //!
-//! **Architecture Invariant:** the registry (`plugins.json`) is written before the pipeline
-//! changes, and a request that fails its checks changes neither: the running version is
-//! untouched.
+//! **Architecture Invariant:** a request that fails its checks changes neither the registry
+//! (`plugins.json`) nor the pipeline: the running version is untouched. The registry names a
+//! version before any checkpoint holds it: written before the change, or for a swap on a thread
+//! of its own that the answer and the next checkpoint wait for; a rebuilt version is recorded once
+//! a checkpoint holds its tables.
 
 use std::sync::{Arc, Mutex};
 
