@@ -671,13 +671,27 @@ impl Partition {
     }
 }
 
+/// The byte of the first intact frame (length in bounds, checksum right, offset at or past
+/// `expected`) after `from`, if there is one.
+fn intact_frame_after(bytes: &[u8], from: usize, expected: u64) -> Option<usize> {
+    (from + 1..bytes.len().saturating_sub(FRAME_HEADER - 1)).find(|&at| {
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        if len > MAX_RECORD_BYTES || at + FRAME_HEADER + len > bytes.len() {
+            return false;
+        }
+        let body = &bytes[at + FRAME_HEADER..at + FRAME_HEADER + len];
+        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        crc32fast::hash(body) == crc && body_offset(body).is_some_and(|offset| offset >= expected)
+    })
+}
+
 fn corrupt(path: &Path, byte: u64, reason: String) -> LogError {
     LogError::Corrupt { path: path.to_owned(), byte, reason }
 }
 
 impl Segment {
-    /// Open a segment, checking every frame. In the last segment a bad frame and all after it
-    /// are a torn write and are truncated away; elsewhere they are corruption.
+    /// Open a segment, checking every frame. In the last segment a bad frame with nothing intact
+    /// after it is a torn write and is truncated away; anything else is corruption.
     fn recover(path: &Path, base: u64, last: bool) -> Result<Segment> {
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(path).map_err(io(path))?;
         let mut bytes = Vec::new();
@@ -718,6 +732,17 @@ impl Segment {
         if let Some(reason) = problem {
             if !last {
                 return Err(corrupt(path, at as u64, reason));
+            }
+            // A torn write is the end of the file; intact records after the damage are
+            // acknowledged events that cutting would drop.
+            if let Some(next) = intact_frame_after(&bytes, at, expected) {
+                return Err(corrupt(
+                    path,
+                    at as u64,
+                    format!(
+                        "{reason}; intact records follow at byte {next}, so this is damage, not a torn write: the log does not open rather than drop them (restore the segment, or move it aside to give up what it holds)"
+                    ),
+                ));
             }
             tracing::warn!(
                 segment = %path.display(),
@@ -994,6 +1019,26 @@ mod tests {
         std::fs::write(dir.path().join("t/0/00000000000000000010.log"), b"").unwrap();
         let err = EmbeddedLog::open(dir.path(), config(1)).err().unwrap().to_string();
         assert!(err.contains("00000000000000000000.log: corrupt record at byte 0: checksum mismatch"), "{err}");
+    }
+
+    /// A damaged frame followed by intact ones in the last segment is not a torn write: cutting
+    /// there would drop acknowledged events. The log refuses to open, naming file and byte.
+    #[test]
+    fn damage_before_intact_records_of_the_last_segment_is_refused_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = EmbeddedLog::open(dir.path(), config(1)).unwrap();
+            log.append("t", (0..10).map(|i| event(i, None)).collect()).unwrap();
+        }
+        let segment = dir.path().join("t/0/00000000000000000000.log");
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let length = bytes.len();
+        bytes[30] ^= 0xff;
+        std::fs::write(&segment, &bytes).unwrap();
+        let err = EmbeddedLog::open(dir.path(), config(1)).err().expect("the log opened over damage").to_string();
+        assert!(err.contains("00000000000000000000.log: corrupt record at byte 0: checksum mismatch"), "{err}");
+        assert!(err.contains("intact records follow"), "{err}");
+        assert_eq!(std::fs::read(&segment).unwrap().len(), length, "the segment was cut");
     }
 
     #[test]
