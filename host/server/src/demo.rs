@@ -110,6 +110,8 @@ pub fn run(options: &DemoOptions, runtime: &tokio::runtime::Runtime) -> anyhow::
     let alerts_wasm = crate::build::build_plugin(&dir.join("high-value-orders"))?;
 
     if options.data_dir.exists() {
+        // Never empty a directory a running host holds.
+        crate::server::ensure_unlocked(&options.data_dir)?;
         std::fs::remove_dir_all(&options.data_dir)
             .map_err(|e| anyhow::anyhow!("emptying the demo's data directory {}: {e}", options.data_dir.display()))?;
     }

@@ -294,6 +294,20 @@ fn load_plugins(
     Ok(building)
 }
 
+/// Fail when another process holds `data_dir`'s lock (a running host).
+pub fn ensure_unlocked(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let lock_path = data_dir.join("weir.lock");
+    let Ok(file) = std::fs::File::open(&lock_path) else { return Ok(()) };
+    if file.try_lock().is_err() {
+        anyhow::bail!(
+            "{} is locked: another weir process is using data directory {}",
+            lock_path.display(),
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// A plugin path: a `.wasm` file as is, a crate directory built first.
 pub fn resolve_plugin(path: &std::path::Path) -> anyhow::Result<PathBuf> {
     if path.is_dir() { Ok(crate::build::build_plugin(path)?) } else { Ok(path.to_owned()) }

@@ -519,3 +519,26 @@ fn a_rebuild_cut_by_kill_9_starts_again_while_the_old_tables_keep_serving() {
     assert_exactly_once(&weir, sent);
     assert_eq!(number(&weir, "SELECT count(*) FROM seen WHERE tag <> 'v2'"), 0);
 }
+
+/// `weir demo --data-dir X` empties X first; it must not do so under a running host.
+#[test]
+fn demo_refuses_a_data_directory_a_running_host_holds_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[("relay", "")], "");
+    let weir = serve(&config);
+    produce(&weir, 0, 10, 10);
+    let data = dir.path().join("data");
+    let before: Vec<_> = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["demo", "--no-serve", "--events", "100", "--pg", "off", "--flight", "off", "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the demo ran in a data directory a host holds");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another weir process is using data directory"), "{stderr}");
+    let after: Vec<_> = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "the demo deleted files of a running host");
+    assert!(weir.admin("GET", "/v1/plugins/relay", None)["events_ok"].as_u64().is_some());
+}
