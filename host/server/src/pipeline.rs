@@ -674,6 +674,19 @@ impl Pipeline {
         topics
     }
 
+    /// Each plugin's positions (with no ends).
+    pub fn positions(&self) -> Vec<PluginProgress> {
+        self.slots
+            .iter()
+            .map(|s| PluginProgress {
+                label: s.plugin.info().label(),
+                topics: s.plugin.info().topics.clone(),
+                positions: s.positions.clone(),
+                own_ends: None,
+            })
+            .collect()
+    }
+
     /// Each plugin's positions, with the ends its own reader sees while it catches up.
     pub fn progress(&mut self) -> Vec<PluginProgress> {
         self.slots

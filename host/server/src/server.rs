@@ -100,6 +100,7 @@ impl Host {
                 }
                 None => {
                     let log = Arc::new(EmbeddedLog::open(&data_dir.join("log"), config.log.clone())?);
+                    refuse_positions_past_the_end(&pipeline, &log)?;
                     let source = EmbeddedSource::new(log.clone(), &topics, |topic, partition| {
                         pipeline.start_offset(topic, partition)
                     })?;
@@ -292,6 +293,32 @@ fn load_plugins(
         }
     }
     Ok(building)
+}
+
+/// Fail when a plugin's restored position is past the end of its partition in the embedded log:
+/// the log lost its tail after the checkpoint (`fsync = "never"` and a power cut, a damaged
+/// disk), and reading on would skip the events appended there next.
+fn refuse_positions_past_the_end(pipeline: &Pipeline, log: &EmbeddedLog) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for progress in pipeline.positions() {
+        for ((topic, partition), position) in &progress.positions {
+            let Ok(ranges) = log.ranges(topic) else { continue };
+            let end = ranges.iter().find(|r| r.partition == *partition).map_or(0, |r| r.end);
+            if *position > end {
+                problems.push(format!(
+                    "plugin {} is at {topic}/{partition}@{position} but the embedded log's {topic}/{partition} ends at {end}",
+                    progress.label
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{}: the log lost events it had acknowledged after the last checkpoint (a crash with fsync = \"never\", or a damaged disk). weir does not start: reading on would skip the events written at those offsets next. Restore the log, or remove the checkpoints to rebuild from what the log holds",
+        problems.join("; ")
+    )
 }
 
 /// Fail when another process holds `data_dir`'s lock (a running host).

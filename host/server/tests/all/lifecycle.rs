@@ -542,3 +542,57 @@ fn demo_refuses_a_data_directory_a_running_host_holds_and_deletes_nothing() {
     assert_eq!(before, after, "the demo deleted files of a running host");
     assert!(weir.admin("GET", "/v1/plugins/relay", None)["events_ok"].as_u64().is_some());
 }
+
+/// Run `weir serve` expecting it to refuse to start: its standard error (fails after 60 s).
+fn serve_refused(config: &std::path::Path) -> String {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("weir serve started where it must refuse to");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    stderr
+}
+
+/// A log that lost its tail after the checkpoint (fsync = "never" and a power cut) leaves
+/// plugins' positions past its end; starting anyway would skip the events written there next.
+#[test]
+fn positions_past_the_end_of_the_log_are_refused_at_start_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[("tally", "tag = \"v1\"")], "[log]\npartitions = 1\n");
+    let weir = serve(&config);
+    produce(&weir, 0, 100, 100);
+    wait_applied(&weir, 100);
+    assert!(weir.terminate().success());
+    // The last 40 events' bytes never reached the disk.
+    let segment = dir.path().join("data/log/events/0/00000000000000000000.log");
+    let log = weir_log::EmbeddedLog::open(&dir.path().join("data/log"), weir_log::LogConfig::default()).unwrap();
+    let cut = log.read("events", 0, 60, 1).unwrap()[0].position.offset;
+    drop(log);
+    let bytes = std::fs::read(&segment).unwrap();
+    let keep = (0..bytes.len())
+        .rev()
+        .find(|&n| {
+            std::fs::write(&segment, &bytes[..n]).unwrap();
+            weir_log::EmbeddedLog::open(&dir.path().join("data/log"), weir_log::LogConfig::default())
+                .map(|l| l.ranges("events").unwrap()[0].end == cut)
+                .unwrap_or(false)
+        })
+        .unwrap();
+    std::fs::write(&segment, &bytes[..keep]).unwrap();
+    let stderr = serve_refused(&config);
+    assert!(stderr.contains("tally@0.1.0 is at events/0@100 but the embedded log's events/0 ends at 60"), "{stderr}");
+}
