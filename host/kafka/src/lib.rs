@@ -305,7 +305,7 @@ impl KafkaSource {
             key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
             content_type: "application/json".into(),
             time_us: match message.timestamp() {
-                Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => ms * 1000,
+                Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => record_time_us(ms),
                 Timestamp::NotAvailable => 0,
             },
             ..Event::default()
@@ -644,4 +644,23 @@ fn uuid_like() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let now = chrono::Utc::now().timestamp_micros();
     format!("weir-{now:x}-{:x}-{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A record's timestamp (milliseconds, set by any producer) in microseconds, saturating where it
+/// does not fit.
+fn record_time_us(ms: i64) -> i64 {
+    ms.saturating_mul(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record_time_us;
+
+    /// Any producer sets the timestamp; one near `i64::MAX` must not overflow the conversion.
+    #[test]
+    fn record_timestamps_at_the_edges_do_not_overflow() {
+        assert_eq!(record_time_us(1_700_000_000_123), 1_700_000_000_123_000);
+        assert_eq!(record_time_us(i64::MAX), i64::MAX);
+        assert_eq!(record_time_us(i64::MIN), i64::MIN);
+    }
 }
