@@ -91,6 +91,16 @@ pub enum LogError {
         /// Next offset to be written.
         end: u64,
     },
+    /// The topic name differs only in case from an existing topic's.
+    #[error(
+        "invalid topic name {name:?}: {name:?} differs only in case from the existing topic {existing:?}, and topics are directories (one and the same on a case-insensitive file system)"
+    )]
+    TopicCaseClash {
+        /// The name asked for.
+        name: String,
+        /// The topic that exists.
+        existing: String,
+    },
     /// The topic name cannot be a directory name.
     #[error("invalid topic name {0:?}: use 1 to 249 characters of a-z, A-Z, 0-9, '.', '_', '-'")]
     InvalidTopicName(String),
@@ -282,6 +292,10 @@ impl EmbeddedLog {
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
         if let Some(topic) = topics.get(name) {
             return Ok(topic.clone());
+        }
+        // On a case-insensitive file system both names would be one directory.
+        if let Some(existing) = topics.keys().find(|t| t.eq_ignore_ascii_case(name)) {
+            return Err(LogError::TopicCaseClash { name: name.to_string(), existing: existing.clone() });
         }
         let count = self.config.topics.get(name).map_or(self.config.partitions, |t| t.partitions).max(1);
         let dir = self.dir.join(name);
@@ -1019,6 +1033,18 @@ mod tests {
         std::fs::write(dir.path().join("t/0/00000000000000000010.log"), b"").unwrap();
         let err = EmbeddedLog::open(dir.path(), config(1)).err().unwrap().to_string();
         assert!(err.contains("00000000000000000000.log: corrupt record at byte 0: checksum mismatch"), "{err}");
+    }
+
+    /// Topic directories of names that differ only in case are one directory on a
+    /// case-insensitive file system: the second name is refused, naming the first.
+    #[test]
+    fn topic_names_differing_only_in_case_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), config(1)).unwrap();
+        log.append("Orders", vec![event(0, None)]).unwrap();
+        let err = log.append("orders", vec![event(1, None)]).unwrap_err().to_string();
+        assert!(err.contains("\"orders\" differs only in case from the existing topic \"Orders\""), "{err}");
+        assert_eq!(log.topics(), ["Orders"]);
     }
 
     /// A damaged frame followed by intact ones in the last segment is not a torn write: cutting
