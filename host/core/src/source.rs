@@ -61,6 +61,12 @@ pub trait Source: Send {
     fn start_offsets(&mut self, topic: &str, start: StartAt) -> Result<Vec<(u32, u64)>>;
     /// Before the first poll: start reading these partitions at these positions.
     fn start_from(&mut self, positions: &PositionMap);
+    /// Plugins (and the checkpoints they would restart from) still need these partitions from
+    /// these offsets on: a source that deletes old events (the embedded log's retention) keeps
+    /// them.
+    fn hold(&mut self, floors: &PositionMap) {
+        let _ = floors;
+    }
     /// While running: also read these topics, each partition not read yet from its position in
     /// `positions` (0 when absent). Partitions read already keep their place.
     fn add_topics(&mut self, topics: &[String], positions: &PositionMap) -> Result<()> {

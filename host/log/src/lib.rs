@@ -213,6 +213,8 @@ struct Partition {
     id: u32,
     dir: PathBuf,
     inner: Mutex<PartitionLog>,
+    /// The lowest offset a reader still needs (`u64::MAX`: none said): retention keeps it.
+    floor: std::sync::atomic::AtomicU64,
 }
 
 struct PartitionLog {
@@ -320,6 +322,17 @@ impl EmbeddedLog {
     /// Topic names.
     pub fn topics(&self) -> Vec<String> {
         self.topics.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// Readers still need each of these partitions from this offset on: retention deletes no
+    /// segment holding an event at or after it. Partitions not named keep their floor.
+    pub fn hold(&self, floors: &weir_core::event::PositionMap) {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        for ((topic, partition), offset) in floors {
+            if let Some(p) = topics.get(topic).and_then(|t| t.partitions.get(*partition as usize)) {
+                p.floor.store(*offset, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Partition ranges of a topic.
@@ -526,6 +539,7 @@ impl Partition {
             id,
             dir: dir.to_owned(),
             inner: Mutex::new(PartitionLog { segments, writer, next_offset, buf: Vec::new() }),
+            floor: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
     }
 
@@ -607,7 +621,9 @@ impl Partition {
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|elapsed| elapsed > age)
             });
-            if !(too_big || too_old) {
+            // Never a segment holding events a reader still needs.
+            let needed = log.segments[1].base > self.floor.load(Ordering::Relaxed);
+            if !(too_big || too_old) || needed {
                 break;
             }
             let removed = log.segments.remove(0);

@@ -149,6 +149,10 @@ impl Source for EmbeddedSource {
         Ok(offsets)
     }
 
+    fn hold(&mut self, floors: &PositionMap) {
+        self.log.hold(floors);
+    }
+
     fn add_topics(&mut self, topics: &[String], positions: &PositionMap) -> Result<()> {
         for topic in topics {
             let partitions = self.log.create_topic(topic)?;

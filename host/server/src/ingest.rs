@@ -42,6 +42,10 @@ pub struct Ingest {
     pub(crate) lifecycle: Option<Lifecycle>,
     /// A registry write running for a swap.
     pub(crate) saving: Option<crate::admin::PendingSave>,
+    /// Per partition, the lowest position a plugin or rebuild needs now (as last reported).
+    floors: PositionMap,
+    /// The same when the last written checkpoint was captured (a restart goes back there).
+    durable_floors: Option<PositionMap>,
     sink: Arc<dyn EventSink>,
     checkpoints: CheckpointStore,
     settings: IngestSettings,
@@ -55,6 +59,8 @@ struct Writing {
     /// Rebuilt versions that took over before this checkpoint was captured: (name, deploy). The
     /// registry records them as serving once the checkpoint holding their tables is written.
     switches: Vec<(String, u32)>,
+    /// What a restart from it would need of each partition (at or below its positions).
+    floors: PositionMap,
 }
 
 /// What the loop carries from one turn to the next.
@@ -136,7 +142,18 @@ impl Ingest {
         settings: IngestSettings,
         status: StatusBoard,
     ) -> Self {
-        Ingest { pipeline, source, lifecycle: None, saving: None, sink, checkpoints, settings, status }
+        Ingest {
+            pipeline,
+            source,
+            lifecycle: None,
+            saving: None,
+            floors: PositionMap::new(),
+            durable_floors: None,
+            sink,
+            checkpoints,
+            settings,
+            status,
+        }
     }
 
     /// Take admin requests (deploys, pauses, rebuilds...) from `lifecycle` between batches.
@@ -427,7 +444,7 @@ impl Ingest {
                 let _ = tx.send(store.next_seq().and_then(|seq| store.write(seq, &captures)));
             })
             .map_err(CheckpointError::Thread)?;
-        Ok(Writing { done: rx, positions, switches: Vec::new() })
+        Ok(Writing { done: rx, positions, switches: Vec::new(), floors: self.floors.clone() })
     }
 
     /// Take the result of the running checkpoint, if there is one and it is done (or, with
@@ -466,6 +483,7 @@ impl Ingest {
                     });
                 }
                 self.record_switches(&writing.switches);
+                self.durable_floors = Some(writing.floors.clone());
                 if let Err(e) = self.source.checkpointed(&writing.positions) {
                     tracing::warn!(error = %e, "committing positions to the source failed");
                 }
@@ -507,6 +525,26 @@ impl Ingest {
         left
     }
 
+    /// Tell the source what must not be deleted: per partition, the lowest position any plugin
+    /// (paused ones too), rebuild or the last checkpoint needs.
+    fn hold_what_is_needed(&mut self, lag: &[Lag]) {
+        let mut floors = PositionMap::new();
+        for l in lag {
+            let key = (l.topic.clone(), l.partition);
+            let mut floor = l.position;
+            if let Some(shadow) = self.pipeline.shadow_floor(&l.topic, l.partition) {
+                floor = floor.min(shadow);
+            }
+            if let Some(durable) = self.durable_floors.as_ref().and_then(|d| d.get(&key)) {
+                floor = floor.min(*durable);
+            }
+            let entry = floors.entry(key).or_insert(u64::MAX);
+            *entry = (*entry).min(floor);
+        }
+        self.source.hold(&floors);
+        self.floors = floors;
+    }
+
     /// Rewrite the status board: source, plugins, lag per plugin and partition.
     fn report(&mut self, turn: &Turn) {
         let ends = self.source.ends();
@@ -525,6 +563,7 @@ impl Ingest {
                 });
             }
         }
+        self.hold_what_is_needed(&lag);
         let plugins = self.pipeline.statuses();
         let source = self.source.describe();
         if let Ok(mut status) = self.status.write() {

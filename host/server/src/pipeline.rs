@@ -674,6 +674,16 @@ impl Pipeline {
         topics
     }
 
+    /// The lowest position a version rebuilding beside a plugin still needs on this partition.
+    pub fn shadow_floor(&self, topic: &str, partition: u32) -> Option<u64> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.shadow.as_ref())
+            .filter(|shadow| shadow.slot.plugin.info().topics.iter().any(|t| t == topic))
+            .map(|shadow| shadow.slot.positions.get(&(topic.to_string(), partition)).copied().unwrap_or(0))
+            .min()
+    }
+
     /// Each plugin's positions (with no ends).
     pub fn positions(&self) -> Vec<PluginProgress> {
         self.slots

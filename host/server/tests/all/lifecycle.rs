@@ -596,3 +596,24 @@ fn positions_past_the_end_of_the_log_are_refused_at_start_not_skipped() {
     let stderr = serve_refused(&config);
     assert!(stderr.contains("tally@0.1.0 is at events/0@100 but the embedded log's events/0 ends at 60"), "{stderr}");
 }
+
+/// Retention must not delete what a plugin still needs: a paused plugin's events stay in the
+/// log however far the others (and the size limit) have moved on.
+#[test]
+fn retention_keeps_what_a_paused_plugin_still_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &[("tally", "tag = \"v1\""), ("relay", "tag = \"v1\"")],
+        "[log]\npartitions = 1\nsegment_bytes = 4096\nretention_bytes = 16384\n",
+    );
+    let weir = serve(&config);
+    produce(&weir, 0, 100, 100);
+    assert_exactly_once(&weir, 100);
+    assert_eq!(weir.admin("POST", "/v1/plugins/relay/pause", Some(b""))["action"], "paused");
+    // Far more than retention keeps.
+    produce(&weir, 100, 2_000, 100);
+    let outcome = weir.admin("POST", "/v1/plugins/relay/resume", Some(b""));
+    assert_eq!(outcome["action"], "resumed");
+    assert_exactly_once(&weir, 2_000);
+}
