@@ -693,10 +693,11 @@ fn failure_of_trap(error: wasmtime::Error, output: &str, limits: &Limits) -> Fai
         let panic: String = output[at..].trim().replace('\n', " ").chars().take(1_000).collect();
         return Failure::Trapped(panic);
     }
-    let first_line = text.lines().next().unwrap_or("unknown trap").to_string();
     match error.downcast_ref::<Trap>() {
         Some(trap) => Failure::Trapped(trap.to_string()),
-        None => Failure::Trapped(first_line),
+        // A host function refused the call: its reason is the root cause, under wasmtime's
+        // backtrace context.
+        None => Failure::Trapped(error.root_cause().to_string().lines().next().unwrap_or("unknown trap").to_string()),
     }
 }
 

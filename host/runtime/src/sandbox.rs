@@ -288,6 +288,19 @@ impl state::Host for PluginStore {
     }
 
     fn delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
+        // Checked and counted as a write is: a pending delete holds its key in the host.
+        if key.len() > MAX_STATE_KEY {
+            wasmtime::bail!("state key of {} bytes is over the limit of {MAX_STATE_KEY}", key.len());
+        }
+        // A delete shrinks the state, but the batch's pending writes are held in the host.
+        let pending = self.state.pending_bytes + key.len();
+        if pending > self.max_state_bytes {
+            wasmtime::bail!(
+                "a batch's state changes would hold {pending} bytes, over the limit of {}",
+                self.max_state_bytes
+            );
+        }
+        self.state.pending_bytes = pending;
         self.state.pending.insert(key, None);
         Ok(())
     }

@@ -52,6 +52,17 @@ fn misbehaves_at_3(name: &str, event_type: &str) -> (Failure, Plugin) {
     (error.failure, plugin)
 }
 
+/// A deleted state key is checked as a written one is: the host does not take 150 keys of 64 KB.
+#[test]
+fn huge_state_deletes_are_refused_like_huge_writes() {
+    let (failure, _) = misbehaves_at_3("huge-deletes", "Misbehave");
+    assert!(
+        failure.to_string().contains("bytes is over the limit of 4096")
+            && failure.to_string().contains("state key of 655"),
+        "{failure}"
+    );
+}
+
 #[test]
 fn infinite_loop_is_stopped_by_the_cpu_budget() {
     let (failure, plugin) = misbehaves_at_3("infinite-loop", "Misbehave");
@@ -140,6 +151,7 @@ fn every_fixture_has_a_test() {
     // Add the test first, then the fixture's name here.
     const TESTED: &[&str] = &[
         "bad-output",
+        "huge-deletes",
         "huge-output",
         "infinite-loop",
         "memory-bomb",
