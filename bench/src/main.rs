@@ -501,19 +501,7 @@ fn results(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
         reads_need_token: false,
         admin: None,
     });
-    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let http_server = runtime.spawn(weir_host::api::serve(
-        loopback,
-        state,
-        move |addr| {
-            let _ = bound_tx.send(addr);
-        },
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    let http = bound_rx.recv_timeout(std::time::Duration::from_secs(10))?;
+    let (http, stop_tx, http_server) = serve_http(&runtime, loopback, state)?;
     const SQL: &str = "SELECT * FROM orders";
 
     let pg_text = || -> anyhow::Result<Transfer> {
@@ -793,6 +781,31 @@ fn latency_at_rate(rate: usize, seconds: u64, publish_ms: u64) -> anyhow::Result
     })
 }
 
+/// The HTTP API over `state` on `addr` (port 0: any): the bound address, what stops it, its task.
+fn serve_http(
+    runtime: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    state: std::sync::Arc<weir_host::api::ApiState>,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = runtime.spawn(weir_host::api::serve(
+        addr,
+        state,
+        move |addr| {
+            let _ = bound_tx.send(addr);
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    Ok((bound_rx.recv_timeout(std::time::Duration::from_secs(10))?, stop_tx, task))
+}
+
 /// The plugin lifecycle over a running host's HTTP admin API (the real path: upload, compile,
 /// checks, applied by the ingest loop between batches). `events` orders are written to the
 /// embedded log of a host with no plugin; then the orders projection is deployed (a new plugin:
@@ -817,19 +830,7 @@ fn lifecycle(events: usize, swaps: usize) -> anyhow::Result<Vec<Figure>> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
     let state = host.api_state(loopback);
-    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(weir_host::api::serve(
-        loopback,
-        state,
-        move |addr| {
-            let _ = bound_tx.send(addr);
-        },
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    let http = bound_rx.recv_timeout(Duration::from_secs(10))?;
+    let (http, stop_tx, server) = serve_http(&runtime, loopback, state)?;
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let auth = format!("Bearer {}", host.token.secret());
     let admin = |path: &str, body: &[u8]| -> anyhow::Result<weir_host::status::AdminOutcome> {

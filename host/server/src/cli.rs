@@ -752,21 +752,25 @@ fn run_status(host: &HostArgs, json: bool) -> anyhow::Result<()> {
         })
         .collect();
     weir_host::demo::print_table("plugins", &["plugin", "world", "ok", "failed"], &plugins);
-    let lag: Vec<Vec<String>> = status
-        .lag
+    print_lag(&status.lag);
+    Ok(())
+}
+
+/// The lag table: plugin, partition, position, end, lag.
+fn print_lag(lag: &[weir_host::status::Lag]) {
+    let rows: Vec<Vec<String>> = lag
         .iter()
         .map(|l| {
             vec![
                 l.plugin.clone(),
                 format!("{}/{}", l.topic, l.partition),
-                l.position.to_string(),
-                l.end.to_string(),
-                l.lag.to_string(),
+                thousands(l.position),
+                thousands(l.end),
+                thousands(l.lag),
             ]
         })
         .collect();
-    weir_host::demo::print_table("lag", &["plugin", "partition", "position", "end", "lag"], &lag);
-    Ok(())
+    weir_host::demo::print_table("lag", &["plugin", "partition", "position", "end", "lag"], &rows);
 }
 
 /// `weir sql`: POST the query to a running host and print the answer.
@@ -1063,20 +1067,7 @@ fn run_plugin_status(name: &str, host: &HostArgs, json: bool) -> anyhow::Result<
         let key = format!("{key}:");
         say(format!("{key:<width$} {value}"));
     }
-    let lag: Vec<Vec<String>> = detail
-        .lag
-        .iter()
-        .map(|l| {
-            vec![
-                l.plugin.clone(),
-                format!("{}/{}", l.topic, l.partition),
-                thousands(l.position),
-                thousands(l.end),
-                thousands(l.lag),
-            ]
-        })
-        .collect();
-    weir_host::demo::print_table("lag", &["plugin", "partition", "position", "end", "lag"], &lag);
+    print_lag(&detail.lag);
     Ok(())
 }
 

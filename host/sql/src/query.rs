@@ -159,21 +159,27 @@ pub struct PositionInfo {
     pub offset: u64,
 }
 
+/// A table of `tables` that another plugin than `plugin` owns, as an error.
+fn clash(owners: &HashMap<String, String>, plugin: &str, tables: &[TableSchema]) -> Result<()> {
+    for table in tables {
+        if let Some(first) = owners.get(&table.name)
+            && first != plugin
+        {
+            return Err(QueryError::NameClash {
+                table: table.name.clone(),
+                first: first.clone(),
+                second: plugin.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Catalog {
     /// Reserve a projection's table names; refused if another plugin has one of them.
     pub fn register(&self, plugin: &str, tables: &[TableSchema]) -> Result<()> {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        for table in tables {
-            if let Some(first) = owners.get(&table.name)
-                && first != plugin
-            {
-                return Err(QueryError::NameClash {
-                    table: table.name.clone(),
-                    first: first.clone(),
-                    second: plugin.to_string(),
-                });
-            }
-        }
+        clash(&owners, plugin, tables)?;
         for table in tables {
             owners.insert(table.name.clone(), plugin.to_string());
         }
@@ -182,19 +188,7 @@ impl Catalog {
 
     /// Whether `plugin` could own these table names (no other plugin has one of them).
     pub fn check_names(&self, plugin: &str, tables: &[TableSchema]) -> Result<()> {
-        let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        for table in tables {
-            if let Some(first) = owners.get(&table.name)
-                && first != plugin
-            {
-                return Err(QueryError::NameClash {
-                    table: table.name.clone(),
-                    first: first.clone(),
-                    second: plugin.to_string(),
-                });
-            }
-        }
-        Ok(())
+        clash(&self.owners.lock().unwrap_or_else(|e| e.into_inner()), plugin, tables)
     }
 
     /// Switch `snapshot`'s projection to its tables in one step: queries see either the tables

@@ -265,6 +265,24 @@ fn answers_stay_consistent_while_ingesting() {
     assert!(checks >= 5);
 }
 
+/// The HTTP API over `state` on a loopback port of `rt`: its address, and what stops it.
+fn serve_http(
+    rt: &tokio::runtime::Runtime,
+    state: Arc<ApiState>,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(weir_host::api::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        state,
+        move |addr| tx.send(addr).unwrap(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    (rx.recv_timeout(Duration::from_secs(10)).unwrap(), stop_tx)
+}
+
 #[test]
 fn http_sql_in_three_formats_and_tables() {
     let engine = orders_engine(2_000, QueryLimits::default());
@@ -277,17 +295,7 @@ fn http_sql_in_three_formats_and_tables() {
         reads_need_token: false,
         admin: None,
     });
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(weir_host::api::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        state,
-        move |addr| tx.send(addr).unwrap(),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (addr, stop_tx) = serve_http(&rt, state);
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let post = |accept: &str, body: &str| {
         let mut response = agent
@@ -377,17 +385,7 @@ fn guarded_listeners_need_the_admin_token_for_reads_too() {
         reads_need_token: true,
         admin: None,
     });
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(weir_host::api::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        state,
-        move |addr| tx.send(addr).unwrap(),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (addr, stop_tx) = serve_http(&rt, state);
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let get = |path: &str, token: Option<&str>| {
         let mut request = agent.get(&format!("http://{addr}{path}"));
