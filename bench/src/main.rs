@@ -674,7 +674,7 @@ fn host_config(scenario: &str, wasm: &Path) -> (PathBuf, weir_host::config::Conf
     config.plugins.push(weir_host::config::PluginConfig {
         path: wasm.to_owned(),
         params: Default::default(),
-        start: Default::default(),
+        ..Default::default()
     });
     (dir, config)
 }

@@ -103,6 +103,16 @@ pub struct Event {
     pub position: Position,
 }
 
+/// Whether `name` can be a topic: 1 to 249 characters of `a-z A-Z 0-9 . _ -`, not `.` or `..`
+/// (Kafka's rule, and a directory name in the embedded log).
+pub fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// An event a handler emitted, before the host gives it an id and a position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutgoingEvent {

@@ -102,8 +102,19 @@ pub trait GroupMember {
     fn hand_over(&mut self, positions: Option<&PositionMap>) -> Result<()>;
 }
 
-/// Where produced and emitted events are written.
+/// Where produced and emitted events are written. The host also reads back what it wrote there
+/// (the tail of handlers' output after a restart, dead letters).
 pub trait EventSink: Send + Sync {
     /// Write `events` to `topic`; returns their positions, in order, once durable.
     fn append(&self, topic: &str, events: Vec<Event>) -> Result<Vec<Position>>;
+    /// Whether `event` could be written to `topic` (a valid topic name; one record, with its id,
+    /// type, key and every header, within the sink's record limit), without writing it: the
+    /// refusal [`EventSink::append`] would give ([`SourceError::Invalid`] or
+    /// [`SourceError::TooLarge`]), or `Ok`.
+    fn check(&self, topic: &str, event: &Event) -> Result<()>;
+    /// The end (next offset) of each partition of `topic`; empty when the topic does not exist.
+    fn ends(&self, topic: &str) -> Result<Vec<(u32, u64)>>;
+    /// Events of one partition from `offset` on, up to about `max_bytes` (at least one if there
+    /// is one); empty at the end.
+    fn read(&self, topic: &str, partition: u32, offset: u64, max_bytes: usize) -> Result<Vec<Event>>;
 }

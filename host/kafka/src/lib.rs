@@ -29,7 +29,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Timestamp};
@@ -294,7 +294,11 @@ impl KafkaSource {
         })
     }
 
-    fn to_event(&self, message: &BorrowedMessage<'_>) -> Event {
+}
+
+/// A record as an event: CloudEvents headers map to fields; a plain JSON record's type and id
+/// come from its payload's fields named in `config`.
+fn to_event(config: &KafkaConfig, message: &BorrowedMessage<'_>) -> Event {
         let position = Position {
             topic: message.topic().to_string(),
             partition: message.partition().max(0) as u32,
@@ -340,17 +344,16 @@ impl KafkaSource {
                 })
             };
             if event.event_type.is_empty() {
-                event.event_type = field(&self.config.type_field).unwrap_or_else(|| position.topic.clone());
+                event.event_type = field(&config.type_field).unwrap_or_else(|| position.topic.clone());
             }
             if event.id.is_empty() {
-                event.id = field(&self.config.id_field)
+                event.id = field(&config.id_field)
                     .unwrap_or_else(|| format!("{}-{}-{}", position.topic, position.partition, position.offset));
             }
         }
         event.payload = payload;
         event.position = position;
-        event
-    }
+    event
 }
 
 impl Source for KafkaSource {
@@ -374,7 +377,7 @@ impl Source for KafkaSource {
                 break;
             }
             match polled {
-                Some(Ok(message)) => events.push(self.to_event(&message)),
+                Some(Ok(message)) => events.push(to_event(&self.config, &message)),
                 Some(Err(e)) => {
                     if events.is_empty() {
                         return Err(kafka_error("consuming", e));
@@ -565,7 +568,24 @@ impl Drop for KafkaSource {
 /// Writes events to Kafka, one message per event in the CloudEvents binary binding.
 pub struct KafkaSink {
     producer: FutureProducer,
+    config: KafkaConfig,
+    /// The producer's `message.max.bytes`: the largest record it sends.
+    max_record_bytes: usize,
+    /// A consumer outside any group, assigned the partition each [`EventSink::read`] asks for.
+    reader: Mutex<Option<BaseConsumer>>,
 }
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Bytes a record carries beyond its key, payload and the event's headers: the CloudEvents
+/// headers weir adds (names and values), the record's own framing, counted generously.
+const RECORD_OVERHEAD: usize = 256;
+
+/// How long [`EventSink::read`] waits for the next record before taking the partition's end as
+/// reached. (It does not trust the high watermark: some brokers report it short of the last
+/// records of a batch.)
+const READ_IDLE: Duration = Duration::from_millis(1_000);
 
 impl KafkaSink {
     /// A producer to the configured brokers.
@@ -581,8 +601,43 @@ impl KafkaSink {
             client.set(key, value);
         }
         let producer = client.create().map_err(|e| kafka_error("creating the producer", e))?;
-        Ok(KafkaSink { producer })
+        let max_record_bytes = config
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
+        Ok(KafkaSink { producer, config: config.clone(), max_record_bytes, reader: Mutex::new(None) })
     }
+
+    fn reader(&self) -> Result<std::sync::MutexGuard<'_, Option<BaseConsumer>>> {
+        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        if reader.is_none() {
+            let mut client = ClientConfig::new();
+            client
+                .set("bootstrap.servers", &self.config.brokers)
+                .set("group.id", format!("{}-reader", self.config.group_id))
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "false");
+            for (key, value) in &self.config.properties {
+                client.set(key, value);
+            }
+            *reader = Some(client.create().map_err(|e| kafka_error("creating a reader", e))?);
+        }
+        Ok(reader)
+    }
+}
+
+/// Bytes one record of `event` takes against `message.max.bytes`, counted generously.
+fn record_size(event: &Event) -> usize {
+    RECORD_OVERHEAD
+        + event.id.len()
+        + event.event_type.len()
+        + event.content_type.len()
+        + event.key.as_ref().map_or(0, String::len)
+        + event.correlation_id.as_ref().map_or(0, String::len)
+        + event.causation_id.as_ref().map_or(0, String::len)
+        + event.headers.iter().map(|(n, v)| n.len() + v.len() + 8).sum::<usize>()
+        + event.payload.len()
 }
 
 impl EventSink for KafkaSink {
@@ -635,6 +690,70 @@ impl EventSink for KafkaSink {
             }
         }
         Ok(positions)
+    }
+
+    fn check(&self, topic: &str, event: &Event) -> Result<()> {
+        if !weir_core::event::valid_topic_name(topic) {
+            return Err(SourceError::Invalid(format!(
+                "invalid topic name {topic:?}: use 1 to 249 characters of a-z, A-Z, 0-9, '.', '_', '-'"
+            )));
+        }
+        let bytes = record_size(event);
+        if bytes > self.max_record_bytes {
+            return Err(SourceError::TooLarge(format!(
+                "a record of about {bytes} bytes (id, type, key, headers and payload) is over the producer's message.max.bytes of {}",
+                self.max_record_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn ends(&self, topic: &str) -> Result<Vec<(u32, u64)>> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| kafka_error("reading topic metadata", e))?;
+        let mut ends = Vec::new();
+        for t in metadata.topics().iter().filter(|t| t.name() == topic && t.error().is_none()) {
+            for p in t.partitions() {
+                let (_, high) = self
+                    .producer
+                    .client()
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                    .map_err(|e| kafka_error("reading a partition's end", e))?;
+                ends.push((p.id().max(0) as u32, high.max(0) as u64));
+            }
+        }
+        ends.sort_unstable();
+        Ok(ends)
+    }
+
+    fn read(&self, topic: &str, partition: u32, offset: u64, max_bytes: usize) -> Result<Vec<Event>> {
+        let guard = self.reader()?;
+        let Some(reader) = guard.as_ref() else { return Ok(Vec::new()) };
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64))
+            .map_err(|e| kafka_error("assigning a partition to read", e))?;
+        reader.assign(&assignment).map_err(|e| kafka_error("assigning a partition to read", e))?;
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        while bytes < max_bytes {
+            match reader.poll(READ_IDLE) {
+                None => break,
+                Some(Ok(message)) => {
+                    if message.offset() < offset as i64 {
+                        continue;
+                    }
+                    let event = to_event(&self.config, &message);
+                    bytes += record_size(&event);
+                    events.push(event);
+                }
+                Some(Err(e)) => return Err(kafka_error("reading", e)),
+            }
+        }
+        Ok(events)
     }
 }
 

@@ -335,6 +335,22 @@ impl EmbeddedLog {
         }
     }
 
+    /// Whether `event` could be appended to `topic` (its name valid, its record within
+    /// [`MAX_RECORD_BYTES`]), without writing it or creating the topic.
+    pub fn check(&self, topic: &str, event: &Event) -> Result<()> {
+        check_topic_name(topic)?;
+        let bytes = encoded_len(event);
+        if bytes > MAX_RECORD_BYTES {
+            return Err(LogError::RecordTooLarge { index: 0, bytes, limit: MAX_RECORD_BYTES });
+        }
+        Ok(())
+    }
+
+    /// Whether the topic exists.
+    pub fn has_topic(&self, topic: &str) -> bool {
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).contains_key(topic)
+    }
+
     /// Partition ranges of a topic.
     pub fn ranges(&self, topic: &str) -> Result<Vec<PartitionRange>> {
         let topic = self.topic(topic)?;
@@ -456,12 +472,7 @@ impl EmbeddedLog {
 }
 
 fn check_topic_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 249
-        && name != "."
-        && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok { Ok(()) } else { Err(LogError::InvalidTopicName(name.to_string())) }
+    if weir_core::event::valid_topic_name(name) { Ok(()) } else { Err(LogError::InvalidTopicName(name.to_string())) }
 }
 
 /// Partition of a key: murmur2 as Kafka's Java client computes it, so a key lands on the same

@@ -181,4 +181,30 @@ impl EventSink for EmbeddedSink {
     fn append(&self, topic: &str, events: Vec<Event>) -> Result<Vec<Position>> {
         Ok(self.0.append(topic, events)?)
     }
+
+    fn check(&self, topic: &str, event: &Event) -> Result<()> {
+        match self.0.check(topic, event) {
+            Err(LogError::RecordTooLarge { bytes, limit, .. }) => Err(SourceError::TooLarge(format!(
+                "it is {bytes} bytes as a record of topic {topic}, over the embedded log's limit of {limit} bytes"
+            ))),
+            other => Ok(other?),
+        }
+    }
+
+    fn ends(&self, topic: &str) -> Result<Vec<(u32, u64)>> {
+        if !self.0.has_topic(topic) {
+            return Ok(Vec::new());
+        }
+        Ok(self.0.ranges(topic)?.into_iter().map(|r| (r.partition, r.end)).collect())
+    }
+
+    fn read(&self, topic: &str, partition: u32, offset: u64, max_bytes: usize) -> Result<Vec<Event>> {
+        match self.0.read(topic, partition, offset, max_bytes) {
+            // Retention removed the start: read from where the partition starts now.
+            Err(LogError::OffsetOutOfRange { start, .. }) if offset < start => {
+                Ok(self.0.read(topic, partition, start, max_bytes)?)
+            }
+            other => Ok(other?),
+        }
+    }
 }

@@ -188,6 +188,8 @@ pub struct EventError {
     pub event_type: String,
     /// What happened.
     pub failure: Failure,
+    /// How many times the event was tried (more than once only for host-side failures).
+    pub attempts: u32,
 }
 
 /// What went wrong with one event.
@@ -216,6 +218,35 @@ pub enum Failure {
     /// The output broke the plugin's own declaration (schema, topic) or the WIT contract.
     #[error("produced invalid output: {0}")]
     InvalidOutput(String),
+    /// It emitted an event the sink would refuse (topic name, record size).
+    #[error("emitted an event the sink refuses: {0}")]
+    OutputRefused(String),
+    /// No instance could be started (the host's failure, not the event's).
+    #[error("could not start an instance: {0}")]
+    Start(String),
+}
+
+impl Failure {
+    /// Whether the failure may be the host's rather than the event's (a busy machine ran the
+    /// batch past its CPU budget; an instance could not start), so that trying the event again
+    /// may succeed. A plugin's own errors, traps and invalid output are deterministic.
+    pub fn is_host_side(&self) -> bool {
+        matches!(self, Failure::CpuBudget(_) | Failure::Start(_))
+    }
+
+    /// A short name of the kind of failure, for metrics and dead-letter headers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Refused(_) => "refused",
+            Failure::Trapped(_) => "trapped",
+            Failure::CpuBudget(_) => "cpu_budget",
+            Failure::MemoryCap(_) => "memory_cap",
+            Failure::OutputTooLarge { .. } => "output_too_large",
+            Failure::InvalidOutput(_) => "invalid_output",
+            Failure::OutputRefused(_) => "output_refused",
+            Failure::Start(_) => "start",
+        }
+    }
 }
 
 /// The engine and linkers shared by all plugins, and the clock that enforces CPU budgets.
@@ -364,6 +395,7 @@ impl PluginRuntime {
             instances_started: 0,
             logs: SharedLogs::default(),
             component,
+            stop_at_failure: false,
         };
         let info = plugin.describe().map_err(|message| LoadError::Describe { path: path.clone(), message })?;
         validate_info(&info).map_err(|problem| LoadError::Describe {
@@ -421,13 +453,26 @@ pub struct Plugin {
     instances_started: u64,
     logs: SharedLogs,
     component: String,
+    stop_at_failure: bool,
 }
+
+/// Tries of an event whose failure may be the host's (see [`Failure::is_host_side`]).
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Pause before the second try; each later one waits four times longer.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// The raw outcome of one call: one entry per event, before the host checks it.
 type CallOutput<O> = Vec<Result<O, String>>;
 
 /// One call of a plugin's export over a batch of events.
 type BatchCall<O> = dyn Fn(&mut Live, &[Event]) -> wasmtime::Result<CallOutput<O>>;
+
+/// The host's check of one event's raw output (the event, what it produced).
+type Check<'a, O, P> = dyn Fn(&Event, O) -> Result<P, Failure> + 'a;
+
+/// Turns the `n`th event a handler emitted for a cause into the event to write, or says why the
+/// sink would refuse it.
+pub type Finish<'a> = dyn Fn(&Event, usize, OutgoingEvent) -> Result<Event, String> + 'a;
 
 impl Plugin {
     /// What the plugin declared.
@@ -512,29 +557,36 @@ impl Plugin {
         };
         let tables = tables.clone();
         let cap = self.limits.max_output_bytes_per_event;
-        self.run(events, &|live, batch| convert::call_apply(live, batch), &|changes: Vec<RowChange>| {
+        self.run(events, &|live, batch| convert::call_apply(live, batch), &|_, changes: Vec<RowChange>| {
             check_size(changes.iter().map(RowChange::size).sum(), cap)?;
             RowChanges::check(&tables, changes).map_err(Failure::InvalidOutput)
         })
     }
 
-    /// Run a handler over a batch: one outcome per event, in order.
-    pub fn handle(&mut self, events: &[Event]) -> Vec<Result<Vec<OutgoingEvent>, EventError>> {
+    /// Run a handler over a batch: one outcome per event, in order. `finish` turns the `n`th
+    /// event emitted for a cause into the event to write (id, time, correlation) and checks it
+    /// against the sink; its refusal fails the cause like any invalid output, before the
+    /// plugin's state for it is kept.
+    pub fn handle(&mut self, events: &[Event], finish: &Finish<'_>) -> Vec<Result<Vec<Event>, EventError>> {
         let PluginKind::Handler { emits_to } = &self.info.kind else {
             return self.refuse_all(events, "a projection cannot handle events as a handler");
         };
         let emits_to = emits_to.clone();
         let cap = self.limits.max_output_bytes_per_event;
-        self.run(events, &|live, batch| convert::call_handle(live, batch), &|emitted: Vec<OutgoingEvent>| {
+        self.run(events, &|live, batch| convert::call_handle(live, batch), &|cause, emitted: Vec<OutgoingEvent>| {
             check_size(emitted.iter().map(OutgoingEvent::size).sum(), cap)?;
-            match emitted.iter().find(|e| !emits_to.contains(&e.topic)) {
-                Some(e) => Err(Failure::InvalidOutput(format!(
+            if let Some(e) = emitted.iter().find(|e| !emits_to.contains(&e.topic)) {
+                return Err(Failure::InvalidOutput(format!(
                     "emitted to topic {} but declared only [{}]",
                     e.topic,
                     emits_to.join(", ")
-                ))),
-                None => Ok(emitted),
+                )));
             }
+            emitted
+                .into_iter()
+                .enumerate()
+                .map(|(n, out)| finish(cause, n, out).map_err(Failure::OutputRefused))
+                .collect()
         })
     }
 
@@ -548,6 +600,7 @@ impl Plugin {
             position: event.position.clone(),
             event_type: event.event_type.clone(),
             failure,
+            attempts: 1,
         }
     }
 
@@ -556,7 +609,7 @@ impl Plugin {
         &mut self,
         events: &[Event],
         call: &BatchCall<O>,
-        check: &dyn Fn(O) -> Result<P, Failure>,
+        check: &Check<'_, O, P>,
     ) -> Vec<Result<P, EventError>> {
         if events.is_empty() {
             return Vec::new();
@@ -575,13 +628,63 @@ impl Plugin {
             Err(failure) => {
                 self.rollback(&failure);
                 if events.len() == 1 {
-                    vec![Err(self.event_error(&events[0], failure))]
-                } else {
-                    tracing::debug!(plugin = %self.label, %failure, "batch failed; isolating events");
-                    events.iter().flat_map(|e| self.run(std::slice::from_ref(e), call, check)).collect()
+                    return vec![self.retry_alone(&events[0], failure, call, check)];
+                }
+                tracing::debug!(plugin = %self.label, %failure, "batch failed; isolating events");
+                let mut results = Vec::with_capacity(events.len());
+                for event in events {
+                    let result = self.run(std::slice::from_ref(event), call, check);
+                    let failed = result.iter().any(Result::is_err);
+                    results.extend(result);
+                    if failed && self.stop_at_failure {
+                        break;
+                    }
+                }
+                results
+            }
+        }
+    }
+
+    /// One event failed alone: a host-side failure is tried again, after a pause, up to
+    /// [`MAX_ATTEMPTS`] times in all.
+    fn retry_alone<O, P>(
+        &mut self,
+        event: &Event,
+        mut failure: Failure,
+        call: &BatchCall<O>,
+        check: &Check<'_, O, P>,
+    ) -> Result<P, EventError> {
+        let mut attempts = 1;
+        while failure.is_host_side() && attempts < MAX_ATTEMPTS {
+            let pause = RETRY_PAUSE * 4u32.pow(attempts - 1);
+            tracing::warn!(plugin = %self.label, position = %event.position, %failure, attempts, ?pause, "trying the event again");
+            std::thread::sleep(pause);
+            attempts += 1;
+            match self.call_checked(std::slice::from_ref(event), call, check) {
+                Ok(mut outputs) => {
+                    if let Some(live) = &mut self.live {
+                        live.store.data_mut().state.commit();
+                    }
+                    if let Some(output) = outputs.pop() {
+                        return Ok(output);
+                    }
+                    failure = Failure::InvalidOutput("returned no result".into());
+                }
+                Err(next) => {
+                    self.rollback(&next);
+                    failure = next;
                 }
             }
         }
+        let mut error = self.event_error(event, failure);
+        error.attempts = attempts;
+        Err(error)
+    }
+
+    /// Stop a batch at its first failed event (the `stop` error policy): the outcomes then end
+    /// there, and the events after it are not run.
+    pub fn set_stop_at_failure(&mut self, stop: bool) {
+        self.stop_at_failure = stop;
     }
 
     /// One call; `Ok` only if every event succeeded and passed `check`.
@@ -589,7 +692,7 @@ impl Plugin {
         &mut self,
         events: &[Event],
         call: &BatchCall<O>,
-        check: &dyn Fn(O) -> Result<P, Failure>,
+        check: &Check<'_, O, P>,
     ) -> Result<Vec<P>, Failure> {
         let ticks = self.limits.cpu_ms_per_batch.div_ceil(EPOCH_TICK.as_millis() as u64) + 1;
         let live = self.live()?;
@@ -605,7 +708,7 @@ impl Plugin {
                 events.len()
             )));
         }
-        outputs.into_iter().map(|output| check(output.map_err(Failure::Refused)?)).collect()
+        outputs.into_iter().zip(events).map(|(output, event)| check(event, output.map_err(Failure::Refused)?)).collect()
     }
 
     /// The live instance, starting one if needed.
@@ -627,7 +730,11 @@ impl Plugin {
             match exports {
                 Ok(exports) => self.live = Some(Live { store, exports }),
                 Err(e) => {
-                    let failure = failure_of_trap(e, &store.data().output_text(), &self.limits);
+                    let failure = match failure_of_trap(e, &store.data().output_text(), &self.limits) {
+                        // The component's start code ran out of memory or time: its own doing.
+                        f @ (Failure::MemoryCap(_) | Failure::CpuBudget(_)) => f,
+                        other => Failure::Start(other.to_string()),
+                    };
                     self.parked_state = store.into_data().state;
                     return Err(failure);
                 }
@@ -712,6 +819,18 @@ fn validate_info(info: &PluginInfo) -> Result<(), String> {
     }
     if info.topics.is_empty() {
         return Err("it subscribes to no topic".into());
+    }
+    if let PluginKind::Handler { emits_to } = &info.kind {
+        for topic in emits_to {
+            if !weir_core::event::valid_topic_name(topic) {
+                return Err(format!(
+                    "emits_to names {topic:?}, which cannot be a topic: use 1 to 249 characters of a-z, A-Z, 0-9, '.', '_', '-'"
+                ));
+            }
+            if topic.starts_with("weir.") {
+                return Err(format!("emits_to names {topic}, but topics starting with \"weir.\" are the host's own"));
+            }
+        }
     }
     if let PluginKind::Projection { tables } = &info.kind {
         if tables.is_empty() {

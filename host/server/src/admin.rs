@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex};
 use crate::ingest::Ingest;
 use crate::registry::{Registry, Version};
 use crate::status::AdminOutcome;
-use weir_core::event::{PositionMap, StartAt};
+use crate::output::{dead_letter_topic, original_of};
+use weir_core::event::{Event, PositionMap, StartAt};
 use weir_core::source::{Source, SourceError};
 use weir_runtime::{Plugin, PluginKind};
 
@@ -71,6 +72,10 @@ pub enum AdminRequest {
     Resume(String, Reply),
     /// Stop and drop the tables.
     Remove(String, Reply),
+    /// Run the plugin's dead letters through its current version; resolve those that succeed.
+    Replay(String, Reply),
+    /// Settle every dead letter of the plugin without running it.
+    Purge(String, Reply),
 }
 
 /// Why a request was refused.
@@ -101,12 +106,14 @@ pub(crate) struct PendingSave {
 }
 
 /// What applying the waiting requests did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 pub(crate) struct Applied {
     /// Something changed: publish and report.
     pub(crate) changed: bool,
     /// Write a checkpoint as soon as possible.
     pub(crate) checkpoint: bool,
+    /// Events to write (what replayed dead letters emitted).
+    pub(crate) emitted: Vec<Event>,
 }
 
 /// What the admin side shares with the ingest loop.
@@ -173,10 +180,19 @@ impl Ingest {
             };
             let started = std::time::Instant::now();
             let (mut result, reply) = match request {
-                AdminRequest::Install(install, reply) => (self.install(*install), reply),
+                AdminRequest::Install(install, reply) => {
+                    let (name, on_error) = (install.plugin.info().name.clone(), install.version.on_error);
+                    let result = self.install(*install);
+                    if result.is_ok() {
+                        self.pipeline.set_on_error(&name, on_error);
+                    }
+                    (result, reply)
+                }
                 AdminRequest::Pause(name, reply) => (self.pause(&name), reply),
                 AdminRequest::Resume(name, reply) => (self.resume(&name), reply),
                 AdminRequest::Remove(name, reply) => (self.remove(&name), reply),
+                AdminRequest::Replay(name, reply) => (self.replay(&name, &mut applied.emitted), reply),
+                AdminRequest::Purge(name, reply) => (self.purge(&name), reply),
             };
             match &mut result {
                 Err(e) => tracing::warn!(error = %e, "admin request refused"),
@@ -480,6 +496,69 @@ impl Ingest {
         self.pipeline.remove(name);
         tracing::info!(plugin = name, "removed");
         Ok(outcome(name, "removed", format!("{name} is stopped and its tables are dropped")))
+    }
+}
+
+impl Ingest {
+    /// Every open dead letter of plugin `name`: (partition, offset, the dead letter).
+    fn open_dead_letters(&self, name: &str) -> Result<Vec<(u32, u64, Event)>, AdminError> {
+        let book = self.pipeline.dead_letters(name).ok_or_else(|| AdminError::NotFound(name.into()))?;
+        let topic = dead_letter_topic(name);
+        let failed = |e: SourceError| AdminError::Failed(format!("reading {topic}: {e}"));
+        let mut open = Vec::new();
+        for (partition, _) in self.sink.ends(&topic).map_err(failed)? {
+            let mut offset = book.purged.get(&partition).copied().unwrap_or(0);
+            loop {
+                let events = self.sink.read(&topic, partition, offset, 1 << 20).map_err(failed)?;
+                let Some(last) = events.last() else { break };
+                offset = last.position.offset + 1;
+                open.extend(
+                    events
+                        .into_iter()
+                        .filter(|e| book.open(partition, e.position.offset))
+                        .map(|e| (partition, e.position.offset, e)),
+                );
+            }
+        }
+        Ok(open)
+    }
+
+    /// `weir dlq replay`: each open dead letter runs through the current version, in order;
+    /// those that succeed are resolved (recorded with their effects in the next checkpoint),
+    /// the others stay.
+    fn replay(&mut self, name: &str, emitted: &mut Vec<Event>) -> Result<AdminOutcome, AdminError> {
+        let open = self.open_dead_letters(name)?;
+        let (places, originals): (Vec<(u32, u64)>, Vec<Event>) =
+            open.iter().filter_map(|(p, o, dead)| Some(((*p, *o), original_of(dead)?))).unzip();
+        let (done, out) = self.pipeline.redrive(name, &originals);
+        emitted.extend(out);
+        let succeeded: Vec<(u32, u64)> = places.iter().zip(&done).filter(|(_, ok)| **ok).map(|(p, _)| *p).collect();
+        if let Some(book) = self.pipeline.dead_letters_mut(name) {
+            book.resolved.extend(succeeded.iter().copied());
+        }
+        let label = self.pipeline.plugin(name).map(|p| p.info().label()).unwrap_or_default();
+        tracing::info!(plugin = %label, replayed = places.len(), resolved = succeeded.len(), "dead letters replayed");
+        Ok(outcome(
+            name,
+            "replayed",
+            format!(
+                "{} dead letters of {name} ran through {label}: {} succeeded and are resolved, {} failed again and stay",
+                places.len(),
+                succeeded.len(),
+                places.len() - succeeded.len()
+            ),
+        ))
+    }
+
+    /// `weir dlq purge`: every dead letter of plugin `name` up to now is settled unreplayed.
+    fn purge(&mut self, name: &str) -> Result<AdminOutcome, AdminError> {
+        let topic = dead_letter_topic(name);
+        let ends = self.sink.ends(&topic).map_err(|e| AdminError::Failed(format!("reading {topic}: {e}")))?;
+        let book = self.pipeline.dead_letters_mut(name).ok_or_else(|| AdminError::NotFound(name.into()))?;
+        let before = book.count(&ends);
+        book.purge(&ends);
+        tracing::info!(plugin = name, purged = before, "dead letters purged");
+        Ok(outcome(name, "purged", format!("{before} dead letters of {name} purged")))
     }
 }
 

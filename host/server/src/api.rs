@@ -129,6 +129,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/plugins/{name}/versions", get(versions))
         .route("/v1/plugins/{name}/logs", get(logs))
         .route("/v1/plugins/{name}/{action}", post(plugin_action))
+        .route("/v1/plugins/{name}/dlq", get(dead_letters))
+        .route("/v1/plugins/{name}/dlq/{action}", post(dead_letter_action))
+        .route("/v1/plugins/{name}/dlq/{partition}/{offset}", get(dead_letter))
         .route(
             "/v1/topics/{topic}/events",
             axum::routing::post(produce).layer(DefaultBodyLimit::max(MAX_PRODUCE_BYTES)),
@@ -231,6 +234,7 @@ struct DeployQuery {
     start: StartAt,
     params: std::collections::BTreeMap<String, String>,
     take_over: bool,
+    on_error: crate::output::OnError,
 }
 
 fn parse_deploy_query(raw: Option<&str>) -> Result<DeployQuery, ApiError> {
@@ -261,8 +265,11 @@ fn parse_deploy_query(raw: Option<&str>) -> Result<DeployQuery, ApiError> {
                     other => return Err(bad(format!("take_over={other} is not true or false"))),
                 }
             }
+            "on_error" => query.on_error = value.parse().map_err(bad)?,
             other => {
-                return Err(bad(format!("unknown query parameter {other:?} (name, from, param, take_over)")));
+                return Err(bad(format!(
+                    "unknown query parameter {other:?} (name, from, param, take_over, on_error)"
+                )));
             }
         }
     }
@@ -357,6 +364,7 @@ async fn deploy(
         origin: Origin::Api,
         config_path: None,
         takes_over: Vec::new(),
+        on_error: query.on_error,
     };
     let intent = Intent::Deploy { take_over: query.take_over };
     let outcome =
@@ -476,6 +484,112 @@ async fn logs(
             })
             .collect(),
     ))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLettersQuery {
+    #[serde(default = "default_dlq_limit")]
+    limit: usize,
+}
+
+fn default_dlq_limit() -> usize {
+    100
+}
+
+/// Open dead letters of plugin `name`, oldest first per partition: (partition, offset, letter),
+/// up to `limit`; or only the one at `at`.
+async fn read_dead_letters(
+    state: &ApiState,
+    name: &str,
+    limit: usize,
+    at: Option<(u32, u64)>,
+) -> Result<Vec<(u32, u64, weir_core::event::Event)>, ApiError> {
+    let status = read_status(state);
+    let book = status
+        .dead_letter_books
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::from(AdminError::NotFound(name.to_string())))?;
+    let sink = state
+        .sink
+        .clone()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this server has no event store"))?;
+    let topic = crate::output::dead_letter_topic(name);
+    tokio::task::spawn_blocking(move || {
+        let failed = |e: weir_core::source::SourceError| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading {topic}: {e}"))
+        };
+        let mut found = Vec::new();
+        for (partition, _) in sink.ends(&topic).map_err(failed)? {
+            let mut offset = book.purged.get(&partition).copied().unwrap_or(0);
+            if let Some((p, o)) = at {
+                if p != partition {
+                    continue;
+                }
+                offset = offset.max(o);
+            }
+            while found.len() < limit {
+                let events = sink.read(&topic, partition, offset, 1 << 20).map_err(failed)?;
+                let Some(last) = events.last() else { break };
+                offset = last.position.offset + 1;
+                for event in events {
+                    let (p, o) = (partition, event.position.offset);
+                    if at.is_some_and(|at| at != (p, o)) || !book.open(p, o) || found.len() >= limit {
+                        continue;
+                    }
+                    found.push((p, o, event));
+                }
+                if at.is_some() {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+async fn dead_letters(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    Query(query): Query<DeadLettersQuery>,
+) -> Result<Json<Vec<crate::status::DeadLetter>>, ApiError> {
+    let found = read_dead_letters(&state, &name, query.limit, None).await?;
+    Ok(Json(found.iter().map(|(p, o, e)| crate::output::describe_dead_letter(*p, *o, e, false)).collect()))
+}
+
+async fn dead_letter(
+    State(state): State<Arc<ApiState>>,
+    Path((name, partition, offset)): Path<(String, u32, u64)>,
+) -> Result<Json<crate::status::DeadLetter>, ApiError> {
+    let found = read_dead_letters(&state, &name, 1, Some((partition, offset))).await?;
+    let (p, o, event) = found.into_iter().next().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{name} has no open dead letter at partition {partition}, offset {offset} (GET /v1/plugins/{name}/dlq lists them)"),
+        )
+    })?;
+    Ok(Json(crate::output::describe_dead_letter(p, o, &event, true)))
+}
+
+async fn dead_letter_action(
+    State(state): State<Arc<ApiState>>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<AdminOutcome>, ApiError> {
+    let admin = admin(&state)?;
+    let outcome = match action.as_str() {
+        "replay" => ask(admin, |reply| AdminRequest::Replay(name, reply)).await?,
+        "purge" => ask(admin, |reply| AdminRequest::Purge(name, reply)).await?,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no action {other:?} for dead letters (replay, purge)"),
+            ));
+        }
+    };
+    Ok(Json(outcome))
 }
 
 fn read_status(state: &ApiState) -> Status {

@@ -51,6 +51,9 @@ pub enum CheckpointError {
     /// A read model could not be captured or restored (a bug, reported rather than a crash).
     #[error(transparent)]
     Table(ReadModelError),
+    /// Where the topics the host writes to end could not be read (the broker is down).
+    #[error("reading where the output topics end: {0}")]
+    Outputs(String),
     /// The thread that writes checkpoints could not be started.
     #[error("cannot start the checkpoint thread: {0}")]
     Thread(std::io::Error),
@@ -105,6 +108,11 @@ pub struct Manifest {
     pub created_ms: u64,
     /// One entry per plugin.
     pub plugins: Vec<PluginCheckpoint>,
+    /// The end of each partition of every topic the host writes to (handlers' outputs,
+    /// dead-letter topics) when it was taken: after a crash, what lies past them was written
+    /// after this checkpoint and is read back so as not to be written twice.
+    #[serde(default)]
+    pub outputs: Vec<PartitionPosition>,
 }
 
 /// One plugin in a [`Manifest`].
@@ -125,6 +133,9 @@ pub struct PluginCheckpoint {
     pub state_file: String,
     /// Entries in the state file.
     pub state_entries: usize,
+    /// Which of its dead letters are settled.
+    #[serde(default)]
+    pub dead_letters: crate::output::DeadLetterBook,
 }
 
 /// The next offset of one partition.
@@ -181,6 +192,8 @@ pub struct RestoreStats {
     pub elapsed: std::time::Duration,
     /// Newer checkpoints that were not valid and were set aside, with why.
     pub set_aside: Vec<(PathBuf, String)>,
+    /// Where the topics the host writes to ended when it was taken.
+    pub outputs: PositionMap,
 }
 
 /// The checkpoints of one data directory.
@@ -253,7 +266,7 @@ impl CheckpointStore {
     }
 
     /// Write a checkpoint of `captures` as number `seq`, then prune old ones.
-    pub fn write(&self, seq: u64, captures: &[PluginCapture]) -> Result<WriteStats> {
+    pub fn write(&self, seq: u64, captures: &[PluginCapture], outputs: &PositionMap) -> Result<WriteStats> {
         let started = Instant::now();
         let dir = self.path_of(seq);
         if dir.exists() {
@@ -283,23 +296,16 @@ impl CheckpointStore {
                 name: capture.name.clone(),
                 label: capture.label.clone(),
                 fingerprint: capture.fingerprint.clone(),
-                positions: capture
-                    .positions
-                    .iter()
-                    .map(|((topic, partition), next)| PartitionPosition {
-                        topic: topic.clone(),
-                        partition: *partition,
-                        next_offset: *next,
-                    })
-                    .collect(),
+                positions: to_partition_positions(&capture.positions),
                 tables,
                 state_file,
                 state_entries: capture.state.len(),
+                dead_letters: capture.dead_letters.clone(),
             });
         }
         let created_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let manifest = Manifest { format: FORMAT, seq, created_ms, plugins };
+        let manifest = Manifest { format: FORMAT, seq, created_ms, plugins, outputs: to_partition_positions(outputs) };
         let text = serde_json::to_vec_pretty(&manifest).map_err(|e| invalid(&dir, e.to_string()))?;
         sync_dir(&dir)?;
         durable::write_atomically(&dir.join("manifest.json"), &text)?;
@@ -372,6 +378,7 @@ impl CheckpointStore {
             rows: 0,
             elapsed: started.elapsed(),
             set_aside: Vec::new(),
+            outputs: from_partition_positions(&manifest.outputs),
         };
         let names: Vec<(String, String)> =
             pipeline.plugins().map(|p| (p.info().name.clone(), p.fingerprint().to_string())).collect();
@@ -380,7 +387,9 @@ impl CheckpointStore {
                 stats.rebuilt.push((name, "not in the checkpoint".into()));
                 continue;
             };
-            if saved.fingerprint != fingerprint {
+            // Its own state, or the state of a version it took over from (a swap, a handler
+            // upgraded in the config file) since that checkpoint.
+            if saved.fingerprint != fingerprint && !pipeline.accepts(&name, &saved.fingerprint) {
                 stats.rebuilt.push((name, format!("its code or parameters changed since {}", saved.label)));
                 continue;
             }
@@ -392,6 +401,21 @@ impl CheckpointStore {
         stats.elapsed = started.elapsed();
         Ok(stats)
     }
+}
+
+fn to_partition_positions(positions: &PositionMap) -> Vec<PartitionPosition> {
+    positions
+        .iter()
+        .map(|((topic, partition), next)| PartitionPosition {
+            topic: topic.clone(),
+            partition: *partition,
+            next_offset: *next,
+        })
+        .collect()
+}
+
+fn from_partition_positions(positions: &[PartitionPosition]) -> PositionMap {
+    positions.iter().map(|p| ((p.topic.clone(), p.partition), p.next_offset)).collect()
 }
 
 /// Read and check a checkpoint's manifest.
@@ -415,10 +439,15 @@ fn restore_plugin(dir: &Path, saved: &PluginCheckpoint, pipeline: &mut Pipeline)
             format!("{} state entries where the manifest says {}", state.len(), saved.state_entries),
         ));
     }
-    let positions: PositionMap =
-        saved.positions.iter().map(|p| ((p.topic.clone(), p.partition), p.next_offset)).collect();
+    let positions = from_partition_positions(&saved.positions);
     let files: Vec<(String, PathBuf)> = saved.tables.iter().map(|t| (t.table.clone(), dir.join(&t.file))).collect();
-    let rows = pipeline.restore_plugin(&saved.name, positions, KeyedState::from_entries(state), &files)?;
+    let rows = pipeline.restore_plugin(
+        &saved.name,
+        positions,
+        KeyedState::from_entries(state),
+        saved.dead_letters.clone(),
+        &files,
+    )?;
     let expected: usize = saved.tables.iter().map(|t| t.rows).sum();
     if rows != expected {
         return Err(invalid(
@@ -488,7 +517,7 @@ mod tests {
         let store = CheckpointStore::open(dir.path(), 2).unwrap();
         assert!(store.latest().unwrap().is_none());
         for seq in 1..=4 {
-            store.write(seq, &[]).unwrap();
+            store.write(seq, &[], &PositionMap::new()).unwrap();
         }
         // A crash while writing number 5: files but no manifest.
         std::fs::create_dir_all(dir.path().join(format!("{:020}/p", 5))).unwrap();

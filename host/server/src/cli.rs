@@ -128,6 +128,11 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// A plugin's dead letters: the events it failed on, in its topic `weir.dlq.<plugin>`.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Watch a plugin crate and, on every change to its Cargo.toml or src/, run its tests, build
     /// it and deploy it to a running host. Ctrl-C to stop.
     Dev {
@@ -142,6 +147,47 @@ enum Command {
         /// Deploy-time parameters, NAME=VALUE.
         #[arg(long = "param", value_parser = parse_param)]
         params: Vec<(String, String)>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// The open dead letters (not replayed or purged), oldest first.
+    List {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        host: HostArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter in full: the event, its payload and headers, and why it failed.
+    Show {
+        /// The plugin.
+        name: String,
+        /// Where it is, `PARTITION/OFFSET` (as `list` shows it).
+        at: String,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Run the open dead letters through the plugin's current version (after a fix); those that
+    /// succeed are resolved, the others stay.
+    Replay {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Settle every open dead letter without running it.
+    Purge {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        host: HostArgs,
     },
 }
 
@@ -338,6 +384,7 @@ pub fn run() -> anyhow::Result<()> {
         }
         Command::Produce { topic, file, event_type, key, host } => run_produce(&topic, file, event_type, key, &host),
         Command::Status { host, json } => run_status(&host, json),
+        Command::Dlq { command } => run_dlq(command),
         Command::Dev { dir, host, name, params } => run_dev(&dir, &host, name.as_deref(), &params),
     }
 }
@@ -746,13 +793,78 @@ fn run_status(host: &HostArgs, json: bool) -> anyhow::Result<()> {
             vec![
                 p.info.label(),
                 kind_name(&p.info.kind).to_string(),
+                p.state.to_string(),
                 p.events_ok.to_string(),
                 p.events_failed.to_string(),
+                p.dead_letters.to_string(),
             ]
         })
         .collect();
-    weir_host::demo::print_table("plugins", &["plugin", "world", "ok", "failed"], &plugins);
+    weir_host::demo::print_table(
+        "plugins",
+        &["plugin", "world", "state", "ok", "failed", "dead letters"],
+        &plugins,
+    );
+    for p in status.plugins.iter().filter(|p| p.stopped.is_some()) {
+        say(format!("{} stopped: {}", p.info.name, p.stopped.as_deref().unwrap_or_default()));
+    }
     print_lag(&status.lag);
+    Ok(())
+}
+
+/// `weir dlq ...`.
+fn run_dlq(command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List { name, host, limit, json } => {
+            let client = AdminClient::new(&host);
+            let path = format!("{}/dlq?limit={limit}", plugin_path(&name));
+            let bytes = client.get(&path)?;
+            if json {
+                print_raw(&bytes);
+                return Ok(());
+            }
+            let letters: Vec<weir_host::status::DeadLetter> = decode(&bytes, &path)?;
+            let rows: Vec<Vec<String>> = letters
+                .iter()
+                .map(|d| {
+                    vec![
+                        format!("{}/{}", d.partition, d.offset),
+                        d.origin.clone(),
+                        d.event_type.clone(),
+                        d.key.clone().unwrap_or_default(),
+                        d.plugin.clone(),
+                        d.attempts.to_string(),
+                        d.error.chars().take(100).collect(),
+                    ]
+                })
+                .collect();
+            weir_host::demo::print_table(
+                &format!("dead letters of {name}"),
+                &["at", "origin", "type", "key", "failed in", "tries", "error"],
+                &rows,
+            );
+            Ok(())
+        }
+        DlqCommand::Show { name, at, host } => {
+            let (partition, offset) = at
+                .split_once('/')
+                .and_then(|(p, o)| Some((p.parse::<u32>().ok()?, o.parse::<u64>().ok()?)))
+                .with_context(|| format!("{at:?} is not PARTITION/OFFSET (as `weir dlq list {name}` shows it)"))?;
+            let client = AdminClient::new(&host);
+            let path = format!("{}/dlq/{partition}/{offset}", plugin_path(&name));
+            print_raw(&client.get(&path)?);
+            Ok(())
+        }
+        DlqCommand::Replay { name, host } => dlq_action(&host, &name, "replay"),
+        DlqCommand::Purge { name, host } => dlq_action(&host, &name, "purge"),
+    }
+}
+
+fn dlq_action(host: &HostArgs, name: &str, action: &str) -> anyhow::Result<()> {
+    let client = AdminClient::new(host);
+    let path = format!("{}/dlq/{action}", plugin_path(name));
+    let outcome: AdminOutcome = decode(&client.post(&path, None)?, &path)?;
+    say(&outcome.message);
     Ok(())
 }
 

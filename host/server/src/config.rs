@@ -117,7 +117,7 @@ impl Default for ServerConfig {
 }
 
 /// `[[plugin]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// A `.wasm` component, or a plugin crate directory that weir builds first. Relative paths
@@ -130,6 +130,10 @@ pub struct PluginConfig {
     /// `"latest"`, or an RFC 3339 time.
     #[serde(default)]
     pub start: StartAt,
+    /// What an event the plugin fails on does: `"dead-letter"` (default: to the topic
+    /// `weir.dlq.<plugin>`, and the plugin goes on) or `"stop"` (the plugin stops at it).
+    #[serde(default)]
+    pub on_error: crate::output::OnError,
 }
 
 /// A listener address in a config file, or `"off"`.

@@ -121,14 +121,14 @@ pub fn run(options: &DemoOptions, runtime: &tokio::runtime::Runtime) -> anyhow::
     config.server.pg = options.pg;
     config.server.flight = options.flight;
     config.server.batch_size = options.batch_size;
-    config.plugins.push(PluginConfig { path: orders_wasm, params: BTreeMap::new(), start: Default::default() });
+    config.plugins.push(PluginConfig { path: orders_wasm, params: BTreeMap::new(), ..Default::default() });
     config.plugins.push(PluginConfig {
         path: alerts_wasm,
         params: BTreeMap::from([("threshold".to_string(), "2500".to_string())]),
-        start: Default::default(),
+        ..Default::default()
     });
     for path in &options.extra_plugins {
-        config.plugins.push(PluginConfig { path: path.clone(), params: BTreeMap::new(), start: Default::default() });
+        config.plugins.push(PluginConfig { path: path.clone(), params: BTreeMap::new(), ..Default::default() });
     }
 
     let started = Instant::now();

@@ -14,11 +14,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::admin::Lifecycle;
+use crate::output::{self, AlreadyWritten};
 use crate::checkpoint::{self, CheckpointConfig, CheckpointError, CheckpointStore, WriteStats};
 use crate::pipeline::Pipeline;
 use crate::status::{CheckpointStatus, Lag, StatusBoard};
 use weir_core::event::{Event, PositionMap};
-use weir_core::source::{EventSink, Source};
+use weir_core::source::{EventSink, Source, SourceError};
 
 /// Longest a hand-over waits for emitted events to be written before giving partitions away at
 /// the previous checkpoint.
@@ -46,10 +47,12 @@ pub struct Ingest {
     floors: PositionMap,
     /// The same when the last written checkpoint was captured (a restart goes back there).
     durable_floors: Option<PositionMap>,
-    sink: Arc<dyn EventSink>,
+    pub(crate) sink: Arc<dyn EventSink>,
     checkpoints: CheckpointStore,
     settings: IngestSettings,
     status: StatusBoard,
+    /// What the previous process wrote after its last checkpoint, not to be written again.
+    pub(crate) written: AlreadyWritten,
 }
 
 /// A checkpoint being written in the background.
@@ -142,7 +145,10 @@ impl Ingest {
         settings: IngestSettings,
         status: StatusBoard,
     ) -> Self {
+        let mut pipeline = pipeline;
+        pipeline.set_sink(sink.clone());
         Ingest {
+            written: AlreadyWritten::default(),
             pipeline,
             source,
             lifecycle: None,
@@ -154,6 +160,12 @@ impl Ingest {
             settings,
             status,
         }
+    }
+
+    /// Drop what `written` holds when re-processing emits it again.
+    pub fn with_already_written(mut self, written: AlreadyWritten) -> Self {
+        self.written = written;
+        self
     }
 
     /// Take admin requests (deploys, pauses, rebuilds...) from `lifecycle` between batches.
@@ -181,6 +193,7 @@ impl Ingest {
                 continue;
             }
             let applied = self.handle_admin();
+            turn.pending.extend(applied.emitted);
             if applied.changed {
                 turn.dirty = true;
                 turn.unsaved = true;
@@ -189,6 +202,11 @@ impl Ingest {
             }
             self.poll_and_process(&mut turn);
             self.catch_up(&mut turn);
+            if self.written.active() {
+                self.written.drop_written(&mut turn.pending);
+                let pipeline = &self.pipeline;
+                self.written.settle(|name| pipeline.positions_of(name));
+            }
             if self.source.group().is_some_and(|g| g.revoking()) {
                 self.hand_over(&mut turn, stop);
             }
@@ -432,6 +450,9 @@ impl Ingest {
     }
 
     fn spawn_checkpoint(&mut self) -> checkpoint::Result<Writing> {
+        let now = output::marks_now(self.sink.as_ref(), &self.pipeline.output_topics())
+            .map_err(|e| CheckpointError::Outputs(e.to_string()))?;
+        let outputs = self.written.marks_for_checkpoint(now);
         let captures = self.pipeline.capture()?;
         // What the source may commit: per partition, the lowest position of the plugins that read
         // it, a plugin with no position there yet counting as 0.
@@ -441,7 +462,7 @@ impl Ingest {
         std::thread::Builder::new()
             .name("weir-checkpoint".into())
             .spawn(move || {
-                let _ = tx.send(store.next_seq().and_then(|seq| store.write(seq, &captures)));
+                let _ = tx.send(store.next_seq().and_then(|seq| store.write(seq, &captures, &outputs)));
             })
             .map_err(CheckpointError::Thread)?;
         Ok(Writing { done: rx, positions, switches: Vec::new(), floors: self.floors.clone() })
@@ -517,9 +538,26 @@ impl Ingest {
                 left.extend(list);
                 continue;
             }
-            if let Err(e) = self.sink.append(&topic, list.clone()) {
-                tracing::warn!(error = %e, topic, events = list.len(), "writing emitted events failed; retrying");
-                left.extend(list);
+            match self.sink.append(&topic, list.clone()) {
+                Ok(_) => {}
+                // Checked before the plugin's state was kept, so this is not expected; retrying
+                // would stall every plugin for ever, so the refused events are reported and
+                // dropped one by one.
+                Err(SourceError::Invalid(_) | SourceError::TooLarge(_)) => {
+                    for event in list {
+                        if let Err(e) = self.sink.append(&topic, vec![event.clone()]) {
+                            if matches!(e, SourceError::Invalid(_) | SourceError::TooLarge(_)) {
+                                tracing::error!(error = %e, topic, id = %event.id, "the sink refuses an emitted event; it is dropped");
+                            } else {
+                                left.push(event);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, events = list.len(), "writing emitted events failed; retrying");
+                    left.extend(list);
+                }
             }
         }
         left
@@ -573,6 +611,7 @@ impl Ingest {
             status.emitted_pending = turn.pending.len();
             status.plugins = plugins;
             status.lag = lag;
+            status.dead_letter_books = self.pipeline.dead_letter_books();
         }
     }
 }

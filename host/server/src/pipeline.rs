@@ -16,11 +16,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::output::{DeadLetterBook, OnError, dead_letter, dead_letter_topic, emitted_event};
 use crate::status::{PluginState, PluginStatus, RebuildStatus};
 
-use weir_core::event::{Event, OutgoingEvent, PositionMap, StartAt};
+use weir_core::event::{Event, PositionMap, StartAt};
 use weir_core::row::TableSchema;
-use weir_core::source::{PartitionEnd, Source};
+use weir_core::source::{EventSink, PartitionEnd, Source};
 use weir_runtime::{EventError, Failure, KeyedState, Plugin, PluginKind, SharedLogs};
 use weir_sql::query::{Catalog, QueryError};
 use weir_sql::readmodel::{ReadModel, ReadModelError, ReadModelSnapshot};
@@ -59,6 +60,14 @@ struct Slot {
     shadow: Option<Box<Shadow>>,
     /// Why the last rebuild beside it stopped.
     rebuild_error: Option<String>,
+    /// What a failed event does.
+    on_error: OnError,
+    /// Why it stopped (the `stop` policy): it is paused at the event it failed on.
+    stopped: Option<String>,
+    /// Events sent to its dead-letter topic since it started.
+    dead_lettered: u64,
+    /// Which of its dead letters are settled.
+    dead_letters: DeadLetterBook,
 }
 
 /// A version replaying history into tables of its own while the serving version keeps serving.
@@ -86,6 +95,10 @@ impl Slot {
             catch_up: None,
             shadow: None,
             rebuild_error: None,
+            on_error: OnError::default(),
+            stopped: None,
+            dead_lettered: 0,
+            dead_letters: DeadLetterBook::default(),
         }
     }
 
@@ -99,8 +112,15 @@ impl Slot {
     }
 
     /// Run `events` (a batch in partition runs) through this plugin: skip what it applied
-    /// before, advance its positions, apply or collect what it produced.
-    fn process(&mut self, events: &[Event], runs: &[(usize, usize)], outcome: &mut BatchOutcome) {
+    /// before, advance its positions, apply or collect what it produced, dead-letter what it
+    /// failed on (or stop at it, under the `stop` policy).
+    fn process(
+        &mut self,
+        events: &[Event],
+        runs: &[(usize, usize)],
+        sink: Option<&dyn EventSink>,
+        outcome: &mut BatchOutcome,
+    ) {
         let info = self.plugin.info();
         let mut fresh_from = Vec::with_capacity(runs.len());
         for &(start, end) in runs {
@@ -128,41 +148,95 @@ impl Slot {
         if wanted.is_empty() {
             return;
         }
-        let failures_before = outcome.failures.len();
+        let mut failures = Vec::new();
+        let processed;
         match &mut self.model {
             Some(model) => {
-                for (event, result) in wanted.iter().zip(self.plugin.apply(&wanted)) {
+                let results = self.plugin.apply(&wanted);
+                processed = results.len();
+                for (event, result) in wanted.iter().zip(results) {
                     let applied = result
                         .and_then(|changes| model.apply(changes).map_err(|e| model_failure(&self.plugin, event, e)));
                     match applied {
                         Ok(()) => self.ok += 1,
-                        Err(e) => outcome.failures.push(e),
+                        Err(e) => failures.push((event, e)),
                     }
                 }
             }
             None => {
-                let label = self.plugin.info().label();
-                for (cause, result) in wanted.iter().zip(self.plugin.handle(&wanted)) {
+                let name = info.name.clone();
+                let finish = |cause: &Event, n: usize, out| {
+                    let event = emitted_event(&name, cause, n, out);
+                    if let Some(sink) = sink {
+                        sink.check(&event.position.topic, &event).map_err(|e| e.to_string())?;
+                    }
+                    Ok(event)
+                };
+                let results = self.plugin.handle(&wanted, &finish);
+                processed = results.len();
+                for (event, result) in wanted.iter().zip(results) {
                     match result {
                         Ok(emitted) => {
                             self.ok += 1;
-                            outcome.emitted.extend(
-                                emitted.into_iter().enumerate().map(|(n, out)| emitted_event(&label, cause, n, out)),
-                            );
+                            outcome.emitted.extend(emitted);
                         }
-                        Err(e) => outcome.failures.push(e),
+                        Err(e) => failures.push((event, e)),
                     }
                 }
             }
         }
-        for failure in &outcome.failures[failures_before..] {
+        if processed < wanted.len()
+            && let Some((failed, error)) = failures.last()
+        {
+            self.stop_at(failed, error, events, runs, &fresh_from);
+            failures.pop();
+        }
+        for (event, failure) in failures {
             self.failed += 1;
-            tracing::warn!(%failure, "event failed");
+            tracing::warn!(%failure, "event failed; sent to the dead-letter topic");
+            self.dead_lettered += 1;
+            outcome.emitted.push(dead_letter_within(self.name(), event, &failure, sink));
             if self.recent_failures.len() == RECENT_FAILURES {
                 self.recent_failures.pop_front();
             }
             self.recent_failures.push_back(failure.clone());
+            outcome.failures.push(failure);
         }
+    }
+
+    /// The `stop` policy: the plugin failed on `failed`, and ran nothing after it. Its
+    /// positions go back to that event (and to where they were for the partitions after it in
+    /// the batch), and it stops there until resumed.
+    fn stop_at(
+        &mut self,
+        failed: &Event,
+        error: &EventError,
+        events: &[Event],
+        runs: &[(usize, usize)],
+        fresh_from: &[u64],
+    ) {
+        let Some(at) = runs.iter().position(|&(s, e)| events[s..e].iter().any(|ev| ev.position == failed.position))
+        else {
+            return;
+        };
+        let key = (failed.position.topic.clone(), failed.position.partition);
+        self.positions.insert(key, failed.position.offset);
+        for (run, &(start, _)) in runs.iter().enumerate().skip(at + 1) {
+            if fresh_from[run] == u64::MAX {
+                continue;
+            }
+            let p = &events[start].position;
+            let position = self.positions.entry((p.topic.clone(), p.partition)).or_insert(0);
+            *position = (*position).min(fresh_from[run]);
+        }
+        self.failed += 1;
+        self.paused = true;
+        self.stopped = Some(error.to_string());
+        tracing::error!(%error, "plugin stopped at the event it failed on (on_error = \"stop\"); resume it once fixed");
+        if self.recent_failures.len() == RECENT_FAILURES {
+            self.recent_failures.pop_front();
+        }
+        self.recent_failures.push_back(error.clone());
     }
 
     /// Events between its positions and the ends of `ends`.
@@ -205,6 +279,8 @@ pub struct PluginCapture {
     pub state: Vec<(Vec<u8>, Vec<u8>)>,
     /// Next offset per topic and partition.
     pub positions: PositionMap,
+    /// Which of its dead letters are settled.
+    pub dead_letters: DeadLetterBook,
 }
 
 /// How far one plugin has got, for lag reporting.
@@ -240,6 +316,9 @@ pub struct Pipeline {
     slots: Vec<Slot>,
     catalog: Arc<Catalog>,
     logs: LogRings,
+    /// Where emitted events and dead letters go: checked against it before a plugin's state for
+    /// the event is kept.
+    sink: Option<Arc<dyn EventSink>>,
 }
 
 /// What one batch produced beyond the read models.
@@ -255,7 +334,92 @@ pub struct BatchOutcome {
 impl Pipeline {
     /// An empty pipeline publishing to `catalog`.
     pub fn new(catalog: Arc<Catalog>) -> Self {
-        Pipeline { slots: Vec::new(), catalog, logs: LogRings::default() }
+        Pipeline { slots: Vec::new(), catalog, logs: LogRings::default(), sink: None }
+    }
+
+    /// Check emitted events and dead letters against `sink` (its topic names, record limit).
+    pub fn set_sink(&mut self, sink: Arc<dyn EventSink>) {
+        self.sink = Some(sink);
+    }
+
+    /// What plugin `name` does with an event it fails on.
+    pub fn set_on_error(&mut self, name: &str, on_error: OnError) {
+        if let Some(slot) = self.slot_mut(name) {
+            slot.on_error = on_error;
+            slot.plugin.set_stop_at_failure(on_error == OnError::Stop);
+            if let Some(shadow) = &mut slot.shadow {
+                shadow.slot.on_error = on_error;
+                shadow.slot.plugin.set_stop_at_failure(on_error == OnError::Stop);
+            }
+        }
+    }
+
+    /// Plugin `name`'s dead-letter book.
+    pub fn dead_letters(&self, name: &str) -> Option<&DeadLetterBook> {
+        self.slot(name).map(|s| &s.dead_letters)
+    }
+
+    /// Every plugin's dead-letter book, by name.
+    pub fn dead_letter_books(&self) -> BTreeMap<String, DeadLetterBook> {
+        self.slots.iter().map(|s| (s.name().to_string(), s.dead_letters.clone())).collect()
+    }
+
+    /// Change plugin `name`'s dead-letter book (purge, resolve).
+    pub fn dead_letters_mut(&mut self, name: &str) -> Option<&mut DeadLetterBook> {
+        self.slot_mut(name).map(|s| &mut s.dead_letters)
+    }
+
+    /// Every topic the host writes to for its plugins: handlers' outputs and dead-letter topics.
+    pub fn output_topics(&self) -> std::collections::BTreeSet<String> {
+        let mut topics = std::collections::BTreeSet::new();
+        for slot in &self.slots {
+            topics.insert(dead_letter_topic(slot.name()));
+            if let PluginKind::Handler { emits_to } = &slot.plugin.info().kind {
+                topics.extend(emits_to.iter().cloned());
+            }
+        }
+        topics
+    }
+
+    /// Re-run dead letters (originals, in order) through plugin `name`'s current version, outside
+    /// its positions. Returns per event whether it succeeded now, and what it emitted.
+    pub fn redrive(&mut self, name: &str, events: &[Event]) -> (Vec<bool>, Vec<Event>) {
+        let sink = self.sink.clone();
+        let Some(slot) = self.slot_mut(name) else { return (vec![false; events.len()], Vec::new()) };
+        let mut emitted = Vec::new();
+        let mut done = Vec::with_capacity(events.len());
+        // One at a time: one failing again must not hold back the rest.
+        for event in events {
+            let batch = std::slice::from_ref(event);
+            let ok = match &mut slot.model {
+                Some(model) => match slot.plugin.apply(batch).pop() {
+                    Some(Ok(changes)) => model.apply(changes).is_ok(),
+                    _ => false,
+                },
+                None => {
+                    let label = slot.plugin.info().name.clone();
+                    let finish = |cause: &Event, n: usize, out| {
+                        let event = emitted_event(&label, cause, n, out);
+                        if let Some(sink) = &sink {
+                            sink.check(&event.position.topic, &event).map_err(|e| e.to_string())?;
+                        }
+                        Ok(event)
+                    };
+                    match slot.plugin.handle(batch, &finish).pop() {
+                        Some(Ok(out)) => {
+                            emitted.extend(out);
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+            };
+            if ok {
+                slot.ok += 1;
+            }
+            done.push(ok);
+        }
+        (done, emitted)
     }
 
     /// Each plugin's log ring, by name (shared: it follows the plugins as they come and go).
@@ -323,6 +487,9 @@ impl Pipeline {
         match self.slot_mut(name) {
             Some(slot) => {
                 slot.paused = paused;
+                if !paused {
+                    slot.stopped = None;
+                }
                 true
             }
             None => false,
@@ -422,6 +589,7 @@ impl Pipeline {
     /// swap.
     pub fn catch_up(&mut self, max: usize) -> CatchUp {
         let mut result = CatchUp::default();
+        let sink = self.sink.clone();
         for index in 0..self.slots.len() {
             let slot = &mut self.slots[index];
             if !slot.paused
@@ -430,7 +598,7 @@ impl Pipeline {
                 match reader.poll(max, std::time::Duration::ZERO) {
                     Ok(events) if !events.is_empty() => {
                         result.busy = true;
-                        slot.process(&events, &partition_runs(&events), &mut result.outcome);
+                        slot.process(&events, &partition_runs(&events), sink.as_deref(), &mut result.outcome);
                     }
                     Ok(_) => {
                         slot.catch_up = None;
@@ -448,7 +616,7 @@ impl Pipeline {
                 Ok(events) if !events.is_empty() => {
                     result.busy = true;
                     shadow.events += events.len() as u64;
-                    shadow.slot.process(&events, &partition_runs(&events), &mut result.outcome);
+                    shadow.slot.process(&events, &partition_runs(&events), sink.as_deref(), &mut result.outcome);
                 }
                 Ok(_) => {
                     let name = slot.name().to_string();
@@ -476,6 +644,8 @@ impl Pipeline {
         let mut next = shadow.slot;
         next.catch_up = None;
         next.paused = slot.paused;
+        next.dead_letters = std::mem::take(&mut slot.dead_letters);
+        next.dead_lettered += slot.dead_lettered;
         if let Some(model) = &mut next.model {
             model.set_positions(&next.positions);
             self.catalog.replace(model.snapshot()?);
@@ -550,8 +720,9 @@ impl Pipeline {
     pub fn process(&mut self, events: &[Event]) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
         let runs = partition_runs(events);
+        let sink = self.sink.as_deref();
         for slot in self.slots.iter_mut().filter(|s| s.on_shared_feed()) {
-            slot.process(events, &runs, &mut outcome);
+            slot.process(events, &runs, sink, &mut outcome);
         }
         outcome
     }
@@ -589,6 +760,7 @@ impl Pipeline {
                 snapshot,
                 state: slot.plugin.state().entries().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
                 positions: slot.positions.clone(),
+                dead_letters: slot.dead_letters.clone(),
             });
         }
         Ok(captures)
@@ -601,6 +773,7 @@ impl Pipeline {
         name: &str,
         positions: PositionMap,
         state: KeyedState,
+        dead_letters: DeadLetterBook,
         table_files: &[(String, PathBuf)],
     ) -> Result<usize, ReadModelError> {
         let Some(slot) = self.slots.iter_mut().find(|s| s.plugin.info().name == name) else {
@@ -621,6 +794,7 @@ impl Pipeline {
         }
         slot.plugin.restore_state(state);
         slot.positions = positions;
+        slot.dead_letters = dead_letters;
         slot.unresolved.clear();
         Ok(rows)
     }
@@ -636,6 +810,7 @@ impl Pipeline {
         }
         slot.plugin.restore_state(KeyedState::default());
         slot.positions = PositionMap::new();
+        slot.dead_letters = DeadLetterBook::default();
         slot.unresolved = if slot.start == StartAt::Earliest { Vec::new() } else { slot.plugin.info().topics.clone() };
     }
 
@@ -712,6 +887,7 @@ impl Pipeline {
 
     /// The plugins, with their counts, states and rebuilds.
     pub fn statuses(&mut self) -> Vec<PluginStatus> {
+        let sink = self.sink.clone();
         self.slots
             .iter_mut()
             .map(|slot| {
@@ -729,7 +905,13 @@ impl Pipeline {
                         elapsed_ms: elapsed.as_millis() as u64,
                     }
                 });
-                let state = if slot.paused {
+                let dead_letters = sink
+                    .as_ref()
+                    .and_then(|sink| sink.ends(&dead_letter_topic(slot.name())).ok())
+                    .map_or(0, |ends| slot.dead_letters.count(&ends));
+                let state = if slot.stopped.is_some() {
+                    PluginState::Failed
+                } else if slot.paused {
                     PluginState::Paused
                 } else if rebuild.is_some() {
                     PluginState::Rebuilding
@@ -757,6 +939,10 @@ impl Pipeline {
                         .collect(),
                     rebuild,
                     rebuild_error: slot.rebuild_error.clone(),
+                    on_error: slot.on_error,
+                    stopped: slot.stopped.clone(),
+                    dead_lettered: slot.dead_lettered,
+                    dead_letters,
                 }
             })
             .collect()
@@ -773,23 +959,6 @@ impl Pipeline {
     }
 }
 
-/// An emitted event with a deterministic id (`plugin/topic/partition@offset/n` of its cause),
-/// so a replay after a crash re-emits the same ids and consumers can drop duplicates.
-fn emitted_event(label: &str, cause: &Event, n: usize, out: OutgoingEvent) -> Event {
-    Event {
-        id: format!("{label}/{}/{n}", cause.position),
-        event_type: out.event_type,
-        key: out.key,
-        payload: out.payload,
-        content_type: out.content_type,
-        time_us: cause.time_us,
-        headers: out.headers,
-        correlation_id: Some(cause.correlation_id.clone().unwrap_or_else(|| cause.id.clone())),
-        causation_id: Some(cause.id.clone()),
-        position: weir_core::event::Position { topic: out.topic, partition: 0, offset: 0 },
-    }
-}
-
 fn model_tables(plugin: &Plugin) -> &[TableSchema] {
     match &plugin.info().kind {
         PluginKind::Projection { tables } => tables,
@@ -803,5 +972,26 @@ fn model_failure(plugin: &Plugin, event: &Event, error: ReadModelError) -> Event
         position: event.position.clone(),
         event_type: event.event_type.clone(),
         failure: Failure::InvalidOutput(error.to_string()),
+        attempts: 1,
+    }
+}
+
+/// The dead letter of `event`; when it would be over the sink's record limit (the original was
+/// near it), without its payload, and the error says so.
+fn dead_letter_within(name: &str, event: &Event, error: &EventError, sink: Option<&dyn EventSink>) -> Event {
+    let dead = dead_letter(name, event, error);
+    let Some(sink) = sink else { return dead };
+    match sink.check(&dead.position.topic, &dead) {
+        Ok(()) => dead,
+        Err(why) => {
+            let mut error = error.clone();
+            error.failure = Failure::Refused(format!(
+                "{} (the dead letter carries no payload: with it, {why})",
+                error.failure
+            ));
+            let mut bare = event.clone();
+            bare.payload = Vec::new();
+            dead_letter(name, &bare, &error)
+        }
     }
 }

@@ -80,6 +80,9 @@ pub struct Version {
     /// version's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub takes_over: Vec<String>,
+    /// What an event it fails on does.
+    #[serde(default)]
+    pub on_error: crate::output::OnError,
 }
 
 /// One plugin name.
@@ -313,6 +316,7 @@ mod tests {
             origin,
             config_path: None,
             takes_over: Vec::new(),
+            on_error: Default::default(),
         }
     }
 

@@ -19,6 +19,7 @@ use crate::auth::AdminToken;
 use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 use crate::ingest::{Ingest, IngestSettings};
+use crate::output::AlreadyWritten;
 use crate::pipeline::Pipeline;
 use crate::registry::{Origin, Registry, Version, now_ms};
 use crate::status::{Status, StatusBoard};
@@ -26,7 +27,7 @@ use weir_core::source::{EventSink, Source};
 use weir_kafka::{KafkaSink, KafkaSource};
 use weir_log::EmbeddedLog;
 use weir_log::source::{EmbeddedSink, EmbeddedSource};
-use weir_runtime::{Plugin, PluginRuntime, content_hash};
+use weir_runtime::{Plugin, PluginKind, PluginRuntime, content_hash};
 use weir_sql::query::{Catalog, SqlEngine};
 
 /// A running host.
@@ -72,7 +73,9 @@ impl Host {
         let checkpointed = checkpoints.fingerprints().context("reading the latest checkpoint")?;
         let building = load_plugins(config, &runtime, &mut registry, &mut pipeline, &checkpointed)?;
 
+        let mut marks = None;
         if let Some(stats) = checkpoints.restore(&mut pipeline).context("restoring the latest checkpoint")? {
+            marks = Some(stats.outputs.clone());
             tracing::info!(
                 seq = stats.seq,
                 rows = stats.rows,
@@ -115,6 +118,11 @@ impl Host {
                 }
             };
 
+        // What the previous process wrote after the checkpoint (all of it, with no checkpoint):
+        // re-processing emits it again, and it is not written twice.
+        let written = AlreadyWritten::scan(sink.as_ref(), &pipeline.output_topics(), &marks.unwrap_or_default())
+            .context("reading back what was written after the last checkpoint")?;
+
         let status: StatusBoard = Arc::new(RwLock::new(Status { plugins: pipeline.statuses(), ..Status::default() }));
         let logs = pipeline.log_rings();
         let registry = Arc::new(std::sync::Mutex::new(registry));
@@ -133,7 +141,8 @@ impl Host {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let ingest = Ingest::new(pipeline, source, sink.clone(), checkpoints, settings, status.clone())
-            .with_lifecycle(Lifecycle { requests, readers, registry: registry.clone() });
+            .with_lifecycle(Lifecycle { requests, readers, registry: registry.clone() })
+            .with_already_written(written);
         let thread_stop = stop.clone();
         let handle = std::thread::Builder::new()
             .name("weir-ingest".into())
@@ -220,6 +229,24 @@ fn load_plugins(
         let hash = content_hash(&bytes);
         if registry.find_config_version(&name, &hash, &plugin.params).is_none() {
             registry.store_component(&hash, &bytes)?;
+            // A handler's new version continues where the old one was (its output is events
+            // already written: starting over would write its history again).
+            let takes_over = match (loaded.info().kind.clone(), registry.entry(&name).and_then(|e| e.current_version())) {
+                (PluginKind::Handler { .. }, Some(previous)) => {
+                    let path = registry.component_path(&previous.component);
+                    match runtime.load(&path, previous.params.clone()) {
+                        Ok(old) if matches!(old.info().kind, PluginKind::Handler { .. }) => {
+                            let mut fingerprints = previous.takes_over.clone();
+                            fingerprints.push(old.fingerprint().to_string());
+                            let excess = fingerprints.len().saturating_sub(crate::pipeline::MAX_TAKEN_OVER);
+                            fingerprints.drain(..excess);
+                            fingerprints
+                        }
+                        _ => Vec::new(),
+                    }
+                }
+                _ => Vec::new(),
+            };
             let deploy = registry.add_version(
                 &name,
                 Version {
@@ -231,7 +258,8 @@ fn load_plugins(
                     start: plugin.start,
                     origin: Origin::Config,
                     config_path: Some(plugin.path.clone()),
-                    takes_over: Vec::new(),
+                    takes_over,
+                    on_error: plugin.on_error,
                 },
             );
             registry.set_current(&name, deploy);
@@ -288,6 +316,7 @@ fn load_plugins(
         pipeline.set_deploy(&entry.name, version.deploy, version.takes_over.clone());
         pipeline.set_start(&entry.name, version.start);
         pipeline.set_paused(&entry.name, entry.paused);
+        pipeline.set_on_error(&entry.name, version.on_error);
         if let Some(next) = entry.building.and_then(|d| entry.version(d)) {
             building.push((entry.name.clone(), next.clone(), load(next)?));
         }

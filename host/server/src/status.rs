@@ -21,12 +21,15 @@ pub enum PluginState {
     Paused,
     /// Serving its tables while another version of it replays history beside it.
     Rebuilding,
+    /// Stopped at an event it failed on (`on_error = "stop"`); holding its position.
+    Failed,
 }
 
 impl std::fmt::Display for PluginState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             PluginState::Running => "running",
+            PluginState::Failed => "failed",
             PluginState::Paused => "paused",
             PluginState::Rebuilding => "rebuilding",
         })
@@ -66,7 +69,7 @@ pub struct PluginStatus {
     pub component: String,
     /// Its deploy number: the n-th version deployed under this name.
     pub deploy: u32,
-    /// Running, paused or rebuilding.
+    /// Running, paused, rebuilding or failed.
     pub state: PluginState,
     /// Deploy-time parameters.
     pub params: BTreeMap<String, String>,
@@ -84,6 +87,18 @@ pub struct PluginStatus {
     pub rebuild: Option<RebuildStatus>,
     /// Why the last rebuild was abandoned, if it was.
     pub rebuild_error: Option<String>,
+    /// What an event it fails on does: `dead-letter` (default) or `stop`.
+    #[serde(default)]
+    pub on_error: crate::output::OnError,
+    /// Why it stopped (state `failed`).
+    #[serde(default)]
+    pub stopped: Option<String>,
+    /// Events sent to its dead-letter topic since the host started.
+    #[serde(default)]
+    pub dead_lettered: u64,
+    /// Dead letters waiting in its dead-letter topic (not replayed or purged).
+    #[serde(default)]
+    pub dead_letters: u64,
 }
 
 /// `GET /v1/plugins/{name}`: a plugin's status and its lag per partition.
@@ -198,6 +213,44 @@ pub struct Status {
     pub lag: Vec<Lag>,
     /// The last checkpoint written.
     pub checkpoint: Option<CheckpointStatus>,
+    /// Per plugin, which dead letters are settled (for the dead-letter API; not served here).
+    #[serde(skip)]
+    pub dead_letter_books: BTreeMap<String, crate::output::DeadLetterBook>,
+}
+
+/// One dead letter, as `GET /v1/plugins/{name}/dlq` lists it and `weir dlq` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Where it is in the dead-letter topic.
+    pub partition: u32,
+    /// Its offset there.
+    pub offset: u64,
+    /// The failed event's id.
+    pub id: String,
+    /// Its type.
+    pub event_type: String,
+    /// Its key.
+    pub key: Option<String>,
+    /// Where it was read: `topic/partition@offset`.
+    pub origin: String,
+    /// The version that failed on it (`name@version`).
+    pub plugin: String,
+    /// Why.
+    pub error: String,
+    /// The kind of failure (`refused`, `trapped`, `cpu_budget`, `output_refused`, ...).
+    pub kind: String,
+    /// Tries before it was dead-lettered.
+    pub attempts: u32,
+    /// The event's time, microseconds since the Unix epoch.
+    pub time_us: i64,
+    /// Its correlation id.
+    pub correlation_id: Option<String>,
+    /// The payload (as text, lossily), with `show` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// The event's own headers (not weir's), with `show` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<(String, String)>>,
 }
 
 /// Shared, read-mostly status: the ingest loop writes it, the API reads it.
@@ -246,6 +299,10 @@ mod tests {
                     elapsed_ms: 100,
                 }),
                 rebuild_error: None,
+                on_error: crate::output::OnError::Stop,
+                stopped: Some("plugin orders@0.1.0 failed on event orders/0@3".into()),
+                dead_lettered: 1,
+                dead_letters: 1,
             }],
             lag: vec![Lag {
                 plugin: "orders@0.1.0".into(),
@@ -256,6 +313,7 @@ mod tests {
                 lag: 2,
             }],
             checkpoint: Some(CheckpointStatus { seq: 3, rows: 10, bytes: 100, write_ms: 4 }),
+            dead_letter_books: BTreeMap::new(),
         };
         let text = serde_json::to_string(&status).expect("serialise");
         assert_eq!(serde_json::from_str::<Status>(&text).expect("deserialise"), status);

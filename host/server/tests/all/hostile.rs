@@ -173,11 +173,12 @@ fn handler_emits_with_its_parameters_and_is_not_a_projection() {
     let mut handler = runtime.load(&wasm("high-value-orders"), params).unwrap();
     let events: Vec<_> =
         OrderStream::take_events(3, 50, 5_000).into_iter().filter(|e| handler.info().wants(e)).collect();
-    let outcomes = handler.handle(&events);
+    let finish = |cause: &weir_core::event::Event, n, out| Ok(weir_host::output::emitted_event("hvo", cause, n, out));
+    let outcomes = handler.handle(&events, &finish);
     let emitted: Vec<_> = outcomes.into_iter().flat_map(|o| o.unwrap()).collect();
     assert!(!emitted.is_empty());
     for e in &emitted {
-        assert_eq!((e.topic.as_str(), e.event_type.as_str()), ("order-alerts", "HighValueOrderFlagged"));
+        assert_eq!((e.position.topic.as_str(), e.event_type.as_str()), ("order-alerts", "HighValueOrderFlagged"));
         let payload: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
         assert!(payload["amount"].as_f64().unwrap() >= 3000.0, "{payload}");
         assert_eq!(payload["threshold"], 3000.0);
@@ -187,7 +188,7 @@ fn handler_emits_with_its_parameters_and_is_not_a_projection() {
 
     let bad = BTreeMap::from([("threshold".to_string(), "lots".to_string())]);
     let mut handler = runtime.load(&wasm("high-value-orders"), bad).unwrap();
-    let err = handler.handle(&events[..1]).remove(0).unwrap_err();
+    let err = handler.handle(&events[..1], &finish).remove(0).unwrap_err();
     assert!(err.to_string().contains("refused it: parameter threshold=\"lots\": invalid float literal"), "{err}");
 }
 

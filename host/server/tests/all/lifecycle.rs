@@ -17,17 +17,17 @@ use crate::support::{WeirProcess, wasm, write_config};
 
 const KEYS: usize = 40;
 
-fn serve(config: &std::path::Path) -> WeirProcess {
+pub(crate) fn serve(config: &std::path::Path) -> WeirProcess {
     WeirProcess::start(&[OsStr::new("serve"), OsStr::new("--config"), config.as_os_str()])
 }
 
 /// Event `i` on topic `events`, as a JSON line.
-fn event_line(i: usize) -> String {
+pub(crate) fn event_line(i: usize) -> String {
     format!(r#"{{"type": "Tick", "id": "e-{i}", "key": "k{}", "data": {{"n": {i}}}}}"#, i % KEYS)
 }
 
 /// Events per key among the first `n`, as the `tally` table must count them for `topic`.
-fn truth(topic: &str, n: usize) -> BTreeMap<String, i64> {
+pub(crate) fn truth(topic: &str, n: usize) -> BTreeMap<String, i64> {
     let mut counts = BTreeMap::new();
     for i in 0..n {
         *counts.entry(format!("{topic}:k{}", i % KEYS)).or_insert(0) += 1;
@@ -36,7 +36,7 @@ fn truth(topic: &str, n: usize) -> BTreeMap<String, i64> {
 }
 
 /// Produces events `from..to` in chunks of `chunk`.
-fn produce(weir: &WeirProcess, from: usize, to: usize, chunk: usize) {
+pub(crate) fn produce(weir: &WeirProcess, from: usize, to: usize, chunk: usize) {
     let mut i = from;
     while i < to {
         let end = (i + chunk).min(to);
@@ -82,7 +82,7 @@ impl Producer {
 }
 
 /// `SELECT key, events FROM tally WHERE key LIKE 'topic:%'` as a map.
-fn tally(weir: &WeirProcess, topic: &str) -> BTreeMap<String, i64> {
+pub(crate) fn tally(weir: &WeirProcess, topic: &str) -> BTreeMap<String, i64> {
     let csv = weir.sql_csv(&format!("SELECT key, events FROM tally WHERE key LIKE '{topic}:%' ORDER BY key"));
     csv.lines()
         .skip(1)
@@ -94,18 +94,18 @@ fn tally(weir: &WeirProcess, topic: &str) -> BTreeMap<String, i64> {
 }
 
 /// One number a query answers.
-fn number(weir: &WeirProcess, sql: &str) -> i64 {
+pub(crate) fn number(weir: &WeirProcess, sql: &str) -> i64 {
     let csv = weir.sql_csv(sql);
     csv.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("{sql}: {csv}"))
 }
 
-fn deploy(weir: &WeirProcess, fixture: &str, query: &str) -> serde_json::Value {
+pub(crate) fn deploy(weir: &WeirProcess, fixture: &str, query: &str) -> serde_json::Value {
     let bytes = std::fs::read(wasm(fixture)).expect("fixture wasm");
     weir.admin("POST", &format!("/v1/plugins?{query}"), Some(&bytes))
 }
 
 /// Wait until `GET /v1/plugins/{name}` satisfies `done`; panics after two minutes.
-fn wait_plugin(
+pub(crate) fn wait_plugin(
     weir: &WeirProcess,
     name: &str,
     what: &str,
@@ -124,7 +124,7 @@ fn wait_plugin(
 
 /// Wait until the status reports all `sent` events of `events` written and every plugin at the
 /// end of every partition with nothing left to emit.
-fn wait_applied(weir: &WeirProcess, sent: usize) {
+pub(crate) fn wait_applied(weir: &WeirProcess, sent: usize) {
     let started = Instant::now();
     loop {
         let status = weir.status();
@@ -143,7 +143,7 @@ fn wait_applied(weir: &WeirProcess, sent: usize) {
 }
 
 /// Every event on `events` applied exactly once by `tally`, and every relayed one too.
-fn assert_exactly_once(weir: &WeirProcess, sent: usize) {
+pub(crate) fn assert_exactly_once(weir: &WeirProcess, sent: usize) {
     wait_applied(weir, sent);
     assert_eq!(tally(weir, "events"), truth("events", sent), "tally of `events` differs from the truth");
     assert_eq!(tally(weir, "relayed"), truth("relayed", sent), "tally of `relayed` differs from the truth");
@@ -387,7 +387,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-fn succeed(out: std::process::Output, what: &str) -> String {
+pub(crate) fn succeed(out: std::process::Output, what: &str) -> String {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{what} failed: {text}{}", String::from_utf8_lossy(&out.stderr));
     text

@@ -10,6 +10,7 @@
 mod cli;
 mod clients;
 mod golden;
+mod handlers;
 mod hostile;
 mod ingest;
 mod kafka;
