@@ -31,5 +31,7 @@ pub mod handler {
 }
 
 #[cfg(target_arch = "wasm32")]
+pub use handler::weir::plugin::timers;
+#[cfg(target_arch = "wasm32")]
 pub use projection::weir::plugin::{host, state};
 pub use projection::weir::plugin::{tables, types};

@@ -65,7 +65,7 @@ pub mod testing;
 pub mod __private;
 
 pub use event::{Event, Position, Timestamp};
-pub use handler::{Handler, HandlerCtx, HandlerInfo, OutgoingEvent};
+pub use handler::{Handler, HandlerCtx, HandlerInfo, OutgoingEvent, TICKS_TOPIC, TIMER_HEADER};
 pub use projection::{Projection, ProjectionCtx, ProjectionInfo};
 pub use table::{Column, ColumnType, ColumnValue, Key, Row, RowChange, TableSchema, Value};
 

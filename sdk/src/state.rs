@@ -196,6 +196,8 @@ pub(crate) mod sys {
         pub(crate) state: BTreeMap<Vec<u8>, Vec<u8>>,
         pub(crate) params: BTreeMap<String, String>,
         pub(crate) logs: Vec<(Level, String)>,
+        pub(crate) timers: BTreeMap<String, crate::handler::TimerSpec>,
+        pub(crate) clock: i64,
     }
 
     thread_local! {

@@ -78,5 +78,37 @@ impl<H: Handler> HandlerHarness<H> {
         crate::handler::handle_batch::<H>(events)
     }
 
+    /// The timers set: (key, instant in microseconds, event type), earliest first.
+    pub fn timers(&self) -> Vec<(String, i64, String)> {
+        let mut timers: Vec<(String, i64, String)> =
+            HOST.with_borrow(|h| h.timers.iter().map(|(k, t)| (k.clone(), t.at, t.event_type.clone())).collect());
+        timers.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        timers
+    }
+
+    /// What a tick at `now` (microseconds) does in the host: every timer due fires, earliest
+    /// first, each as an event of its own; one outcome per timer fired.
+    pub fn tick(&mut self, now: i64) -> Vec<Result<Vec<OutgoingEvent>>> {
+        HOST.with_borrow_mut(|h| h.clock = h.clock.max(now));
+        let mut outcomes = Vec::new();
+        for (key, _, _) in self.timers().into_iter().filter(|(_, at, _)| *at <= now) {
+            let Some(timer) = HOST.with_borrow_mut(|h| h.timers.remove(&key)) else { continue };
+            let event = Event {
+                id: format!("timer:{key}/{}", timer.set_by),
+                event_type: timer.event_type,
+                key: Some(key.clone()),
+                payload: timer.payload,
+                content_type: "application/json".into(),
+                time: crate::Timestamp(timer.at),
+                headers: vec![(crate::TIMER_HEADER.to_string(), key.into_bytes())],
+                correlation_id: timer.correlation_id,
+                causation_id: Some(timer.set_by),
+                ..Event::default()
+            };
+            outcomes.extend(crate::handler::handle_batch::<H>([event]));
+        }
+        outcomes
+    }
+
     common_harness_methods!();
 }

@@ -10,8 +10,8 @@ pub mod projection {
     });
 }
 
-/// The `handler` world; `host` and `state` are the projection world's. It has its own `types`,
-/// since it returns headers where the projection world only receives them.
+/// The `handler` world; `host` and `state` are the projection world's; `timers` is its own. It has
+/// its own `types`, since it returns headers where the projection world only receives them.
 pub mod handler {
     wasmtime::component::bindgen!({
         path: "../../wit",

@@ -90,7 +90,9 @@ impl PluginInfo {
     /// Whether the plugin wants this event (by topic and type).
     pub fn wants(&self, event: &Event) -> bool {
         self.topics.contains(&event.position.topic)
-            && (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
+            && (self.event_types.is_empty()
+                || self.event_types.contains(&event.event_type)
+                || event.position.topic == TICKS_TOPIC)
     }
 }
 
@@ -456,6 +458,12 @@ pub struct Plugin {
     stop_at_failure: bool,
 }
 
+/// The header on a timer's event naming the timer.
+pub const TIMER_HEADER: &str = "weir-timer";
+
+/// The topic the host writes ticks to; a handler subscribed to it gets its timers fired.
+pub const TICKS_TOPIC: &str = "weir.ticks";
+
 /// Tries of an event whose failure may be the host's (see [`Failure::is_host_side`]).
 pub const MAX_ATTEMPTS: u32 = 3;
 /// Pause before the second try; each later one waits four times longer.
@@ -465,7 +473,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 type CallOutput<O> = Vec<Result<O, String>>;
 
 /// One call of a plugin's export over a batch of events.
-type BatchCall<O> = dyn Fn(&mut Live, &[Event]) -> wasmtime::Result<CallOutput<O>>;
+type BatchCall<'a, O> = dyn Fn(&mut Live, &[Event]) -> wasmtime::Result<CallOutput<O>> + 'a;
 
 /// The host's check of one event's raw output (the event, what it produced).
 type Check<'a, O, P> = dyn Fn(&Event, O) -> Result<P, Failure> + 'a;
@@ -568,12 +576,80 @@ impl Plugin {
     /// against the sink; its refusal fails the cause like any invalid output, before the
     /// plugin's state for it is kept.
     pub fn handle(&mut self, events: &[Event], finish: &Finish<'_>) -> Vec<Result<Vec<Event>, EventError>> {
+        self.handle_with(events, finish, &|_| {})
+    }
+
+    /// Fire the timers due at `tick`'s time, earliest first: each is delivered alone as an event
+    /// (type, key, payload and correlation id as set; time: its instant; position: the tick's;
+    /// header `weir-timer`). A timer fires once: its removal is kept whether handling it
+    /// succeeds or not (then the failure is returned, to be dead-lettered).
+    pub fn fire_timers(&mut self, tick: &Event, finish: &Finish<'_>) -> Vec<(Event, Result<Vec<Event>, EventError>)> {
+        match &mut self.live {
+            Some(live) => live.store.data_mut().state.advance_clock(tick.time_us),
+            None => self.parked_state.advance_clock(tick.time_us),
+        }
+        let due = self.state().due_timers(tick.time_us);
+        let mut fired = Vec::with_capacity(due.len());
+        for timer in due {
+            let event = Event {
+                id: format!("timer:{}/{}", timer.key, timer.set_by),
+                event_type: timer.event_type,
+                key: Some(timer.key.clone()),
+                payload: timer.payload,
+                content_type: "application/json".into(),
+                time_us: timer.at,
+                headers: vec![(TIMER_HEADER.to_string(), timer.key.clone().into_bytes())],
+                correlation_id: timer.correlation_id,
+                causation_id: Some(timer.set_by),
+                position: tick.position.clone(),
+            };
+            let key = timer.key;
+            let mut result = self.handle_with(std::slice::from_ref(&event), finish, &|live| {
+                live.store.data_mut().state.stage_fired(&key);
+            });
+            let result = result.pop().unwrap_or_else(|| {
+                Err(self.event_error(&event, Failure::InvalidOutput("returned no result".into())))
+            });
+            if result.is_err() {
+                self.remove_timer(&key);
+            }
+            fired.push((event, result));
+        }
+        fired
+    }
+
+    /// How many timers it has set.
+    pub fn timers(&self) -> usize {
+        self.state().timers()
+    }
+
+    /// Remove timer `key` from the committed state.
+    fn remove_timer(&mut self, key: &str) {
+        let state = match &mut self.live {
+            Some(live) => &mut live.store.data_mut().state,
+            None => &mut self.parked_state,
+        };
+        state.rollback();
+        state.stage_fired(key);
+        state.commit();
+    }
+
+    fn handle_with(
+        &mut self,
+        events: &[Event],
+        finish: &Finish<'_>,
+        before: &dyn Fn(&mut Live),
+    ) -> Vec<Result<Vec<Event>, EventError>> {
         let PluginKind::Handler { emits_to } = &self.info.kind else {
             return self.refuse_all(events, "a projection cannot handle events as a handler");
         };
         let emits_to = emits_to.clone();
         let cap = self.limits.max_output_bytes_per_event;
-        self.run(events, &|live, batch| convert::call_handle(live, batch), &|cause, emitted: Vec<OutgoingEvent>| {
+        let call = |live: &mut Live, batch: &[Event]| {
+            before(live);
+            convert::call_handle(live, batch)
+        };
+        self.run(events, &call, &|cause, emitted: Vec<OutgoingEvent>| {
             check_size(emitted.iter().map(OutgoingEvent::size).sum(), cap)?;
             if let Some(e) = emitted.iter().find(|e| !emits_to.contains(&e.topic)) {
                 return Err(Failure::InvalidOutput(format!(
@@ -608,7 +684,7 @@ impl Plugin {
     fn run<O, P>(
         &mut self,
         events: &[Event],
-        call: &BatchCall<O>,
+        call: &BatchCall<'_, O>,
         check: &Check<'_, O, P>,
     ) -> Vec<Result<P, EventError>> {
         if events.is_empty() {
@@ -651,7 +727,7 @@ impl Plugin {
         &mut self,
         event: &Event,
         mut failure: Failure,
-        call: &BatchCall<O>,
+        call: &BatchCall<'_, O>,
         check: &Check<'_, O, P>,
     ) -> Result<P, EventError> {
         let mut attempts = 1;
@@ -691,7 +767,7 @@ impl Plugin {
     fn call_checked<O, P>(
         &mut self,
         events: &[Event],
-        call: &BatchCall<O>,
+        call: &BatchCall<'_, O>,
         check: &Check<'_, O, P>,
     ) -> Result<Vec<P>, Failure> {
         let ticks = self.limits.cpu_ms_per_batch.div_ceil(EPOCH_TICK.as_millis() as u64) + 1;

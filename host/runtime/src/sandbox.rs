@@ -14,6 +14,73 @@ use crate::bindings::{host, state, tables, types};
 
 /// Longest state key a plugin may write.
 const MAX_STATE_KEY: usize = 4 * 1024;
+
+/// State keys starting with this byte are the host's (timers); a plugin's own keys may not.
+const HOST_KEY_BYTE: u8 = 0xff;
+/// Where a handler's timer `key` is kept in its state: this prefix, then the key.
+const TIMER_PREFIX: &[u8] = b"\xffweir.timer/";
+/// Where a handler's clock (the time of the latest tick it saw) is kept in its state.
+const CLOCK_KEY: &[u8] = b"\xffweir.clock";
+
+/// A timer a handler set (see the WIT `timers` interface).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    /// Its key.
+    pub key: String,
+    /// When it fires, microseconds since the Unix epoch.
+    pub at: i64,
+    /// The type of the event it delivers.
+    pub event_type: String,
+    /// The payload of that event.
+    pub payload: Vec<u8>,
+    /// The correlation id of that event.
+    pub correlation_id: Option<String>,
+    /// The id of the event whose handling set it.
+    pub set_by: String,
+}
+
+impl Timer {
+    fn state_key(key: &str) -> Vec<u8> {
+        [TIMER_PREFIX, key.as_bytes()].concat()
+    }
+
+    /// `at`, the type, the correlation id (empty: none, marked by a flag byte) and the payload.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24 + self.event_type.len() + self.payload.len());
+        out.extend_from_slice(&self.at.to_le_bytes());
+        for text in [&self.event_type, &self.set_by] {
+            out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            out.extend_from_slice(text.as_bytes());
+        }
+        match &self.correlation_id {
+            Some(c) => {
+                out.push(1);
+                out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+                out.extend_from_slice(c.as_bytes());
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    fn decode(state_key: &[u8], value: &[u8]) -> Option<Timer> {
+        let key = String::from_utf8(state_key.strip_prefix(TIMER_PREFIX)?.to_vec()).ok()?;
+        let at = i64::from_le_bytes(value.get(..8)?.try_into().ok()?);
+        let mut rest = &value[8..];
+        let text = |rest: &mut &[u8]| -> Option<String> {
+            let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            let s = String::from_utf8(rest.get(4..4 + len)?.to_vec()).ok()?;
+            *rest = &rest[4 + len..];
+            Some(s)
+        };
+        let event_type = text(&mut rest)?;
+        let set_by = text(&mut rest)?;
+        let (flag, mut tail) = rest.split_first()?;
+        let correlation_id = if *flag == 1 { Some(text(&mut tail)?) } else { None };
+        Some(Timer { key, at, event_type, payload: tail.to_vec(), correlation_id, set_by })
+    }
+}
 /// Longest plugin log line kept; the rest is cut.
 const MAX_LOG_LINE: usize = 8 * 1024;
 /// Log lines kept per call; the rest are counted and reported once.
@@ -29,6 +96,8 @@ pub struct KeyedState {
     committed_bytes: usize,
     pending: HashMap<Vec<u8>, Option<Vec<u8>>>,
     pending_bytes: usize,
+    /// Committed timers.
+    timers: usize,
 }
 
 impl KeyedState {
@@ -62,11 +131,53 @@ impl KeyedState {
         let mut state = KeyedState::default();
         for (key, value) in entries {
             state.committed_bytes += key.len() + value.len();
-            if let Some(old) = state.committed.insert(key.clone(), value) {
-                state.committed_bytes -= key.len() + old.len();
+            let is_timer = key.starts_with(TIMER_PREFIX);
+            match state.committed.insert(key.clone(), value) {
+                Some(old) => state.committed_bytes -= key.len() + old.len(),
+                None => state.timers += usize::from(is_timer),
             }
         }
         state
+    }
+
+    /// How many timers are set.
+    pub fn timers(&self) -> usize {
+        self.timers
+    }
+
+    /// The timers due at `now` (microseconds), earliest first (ties by key).
+    pub fn due_timers(&self, now: i64) -> Vec<Timer> {
+        if self.timers == 0 {
+            return Vec::new();
+        }
+        let mut due: Vec<Timer> = self
+            .committed
+            .iter()
+            .filter(|(k, _)| k.starts_with(TIMER_PREFIX))
+            .filter_map(|(k, v)| Timer::decode(k, v))
+            .filter(|t| t.at <= now)
+            .collect();
+        due.sort_by(|a, b| (a.at, &a.key).cmp(&(b.at, &b.key)));
+        due
+    }
+
+    /// The handler's clock: the time of the latest tick it saw (0 before the first).
+    pub fn clock(&self) -> i64 {
+        self.read(CLOCK_KEY).and_then(|v| Some(i64::from_le_bytes(v.get(..8)?.try_into().ok()?))).unwrap_or(0)
+    }
+
+    /// Move the handler's clock to `now` (a tick's time), committed at once.
+    pub(crate) fn advance_clock(&mut self, now: i64) {
+        if now > self.clock() {
+            self.rollback();
+            self.pending.insert(CLOCK_KEY.to_vec(), Some(now.to_le_bytes().to_vec()));
+            self.commit();
+        }
+    }
+
+    /// Mark timer `key` as fired (removed) in the running call's writes.
+    pub(crate) fn stage_fired(&mut self, key: &str) {
+        self.pending.insert(Timer::state_key(key), None);
     }
 
     fn read(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -79,13 +190,21 @@ impl KeyedState {
     pub(crate) fn commit(&mut self) {
         for (key, value) in self.pending.drain() {
             let key_len = key.len();
-            let old = match value {
+            let is_timer = key.starts_with(TIMER_PREFIX);
+            let (old, added) = match value {
                 Some(value) => {
                     self.committed_bytes += key_len + value.len();
-                    self.committed.insert(key, value)
+                    (self.committed.insert(key, value), true)
                 }
-                None => self.committed.remove(&key),
+                None => (self.committed.remove(&key), false),
             };
+            if is_timer {
+                match (&old, added) {
+                    (None, true) => self.timers += 1,
+                    (Some(_), false) => self.timers -= 1,
+                    _ => {}
+                }
+            }
             if let Some(old) = old {
                 self.committed_bytes -= key_len + old.len();
             }
@@ -268,12 +387,55 @@ impl host::Host for PluginStore {
     }
 }
 
+fn refuse_host_key(key: &[u8]) -> wasmtime::Result<()> {
+    if key.first() == Some(&HOST_KEY_BYTE) {
+        wasmtime::bail!("state keys starting with byte 0xff are the host's (timers)");
+    }
+    Ok(())
+}
+
 impl state::Host for PluginStore {
     fn get(&mut self, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+        refuse_host_key(&key)?;
         Ok(self.state.read(&key))
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
+        refuse_host_key(&key)?;
+        self.stage_put(key, value)
+    }
+
+    fn delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
+        refuse_host_key(&key)?;
+        self.stage_delete(key)
+    }
+}
+
+impl crate::bindings::handler::weir::plugin::timers::Host for PluginStore {
+    fn set(
+        &mut self,
+        key: String,
+        at: i64,
+        event_type: String,
+        payload: Vec<u8>,
+        correlation_id: Option<String>,
+        set_by: String,
+    ) -> wasmtime::Result<()> {
+        let timer = Timer { key, at, event_type, payload, correlation_id, set_by };
+        self.stage_put(Timer::state_key(&timer.key), timer.encode())
+    }
+
+    fn cancel(&mut self, key: String) -> wasmtime::Result<()> {
+        self.stage_delete(Timer::state_key(&key))
+    }
+
+    fn now(&mut self) -> wasmtime::Result<i64> {
+        Ok(self.state.clock())
+    }
+}
+
+impl PluginStore {
+    fn stage_put(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
         if key.len() > MAX_STATE_KEY {
             wasmtime::bail!("state key of {} bytes is over the limit of {MAX_STATE_KEY}", key.len());
         }
@@ -287,7 +449,7 @@ impl state::Host for PluginStore {
         Ok(())
     }
 
-    fn delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
+    fn stage_delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
         // Checked and counted as a write is: a pending delete holds its key in the host.
         if key.len() > MAX_STATE_KEY {
             wasmtime::bail!("state key of {} bytes is over the limit of {MAX_STATE_KEY}", key.len());

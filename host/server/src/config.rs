@@ -91,6 +91,9 @@ pub struct ServerConfig {
     pub batch_size: usize,
     /// Longest time, in milliseconds, between an event being applied and queries seeing it.
     pub publish_interval_ms: u64,
+    /// Milliseconds between the ticks written to `weir.ticks` while a handler has timers set
+    /// (timers fire at the first tick at or after their instant).
+    pub tick_ms: u64,
     /// Postgres wire-protocol listen address (loopback by default), or `"off"`. Env: `WEIR_PG`.
     #[serde(deserialize_with = "listener")]
     pub pg: Option<SocketAddr>,
@@ -109,6 +112,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("data"),
             batch_size: 1024,
             publish_interval_ms: 100,
+            tick_ms: 1_000,
             pg: Some(SocketAddr::from(([127, 0, 0, 1], 5433))),
             flight: Some(SocketAddr::from(([127, 0, 0, 1], 8815))),
             token: None,

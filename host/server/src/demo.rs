@@ -74,6 +74,22 @@ pub const DEMO_QUERIES: &[&str] = &[
     "SELECT (SELECT round(sum(amount), 2) FROM orders WHERE status IN ('paid', 'shipped')) AS paid_order_amount, (SELECT round(sum(revenue), 2) FROM customer_revenue) AS revenue",
 ];
 
+/// The order saga's plugins in `plugins/`, with the demo's parameters: a saga for every 20th
+/// order, steps that time out after 2 s.
+const SAGA_PLUGINS: &[(&str, &[(&str, &str)])] = &[
+    ("order-saga", &[("every", "20"), ("timeout_ms", "2000")]),
+    ("inventory-service", &[]),
+    ("payment-service", &[]),
+    ("saga-view", &[]),
+];
+
+/// What the demo asks about the sagas.
+pub const SAGA_QUERIES: &[&str] = &[
+    "SELECT status, count(*) AS sagas, sum(charges) AS charges, sum(refunds) AS refunds FROM sagas GROUP BY status ORDER BY status",
+    "SELECT order_id, step, reason FROM sagas WHERE status <> 'confirmed' ORDER BY order_id LIMIT 5",
+    "SELECT event_type, topic, causation_id FROM saga_events WHERE correlation_id = (SELECT min(correlation_id) FROM sagas WHERE reason LIKE 'payment did not answer%') ORDER BY seq",
+];
+
 /// Run a query and print it with its answer.
 fn print_query(runtime: &tokio::runtime::Runtime, engine: &SqlEngine, sql: &str) -> anyhow::Result<()> {
     let answer = runtime.block_on(engine.query(sql))?;
@@ -108,6 +124,11 @@ pub fn run(options: &DemoOptions, runtime: &tokio::runtime::Runtime) -> anyhow::
     println!("weir demo: building the example plugins in {} for wasm32-wasip2 ...", dir.display());
     let orders_wasm = crate::build::build_plugin(&dir.join("orders"))?;
     let alerts_wasm = crate::build::build_plugin(&dir.join("high-value-orders"))?;
+    let mut saga_wasm = Vec::new();
+    for (name, params) in SAGA_PLUGINS {
+        let params = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        saga_wasm.push((crate::build::build_plugin(&dir.join(name))?, params));
+    }
 
     if options.data_dir.exists() {
         // Never empty a directory a running host holds.
@@ -121,12 +142,16 @@ pub fn run(options: &DemoOptions, runtime: &tokio::runtime::Runtime) -> anyhow::
     config.server.pg = options.pg;
     config.server.flight = options.flight;
     config.server.batch_size = options.batch_size;
+    config.server.tick_ms = 250;
     config.plugins.push(PluginConfig { path: orders_wasm, params: BTreeMap::new(), ..Default::default() });
     config.plugins.push(PluginConfig {
         path: alerts_wasm,
         params: BTreeMap::from([("threshold".to_string(), "2500".to_string())]),
         ..Default::default()
     });
+    for (path, params) in saga_wasm {
+        config.plugins.push(PluginConfig { path, params, ..Default::default() });
+    }
     for path in &options.extra_plugins {
         config.plugins.push(PluginConfig { path: path.clone(), params: BTreeMap::new(), ..Default::default() });
     }
@@ -163,6 +188,17 @@ pub fn run(options: &DemoOptions, runtime: &tokio::runtime::Runtime) -> anyhow::
     if !host.wait_caught_up(total as u64, Duration::from_secs(600)) {
         anyhow::bail!("the plugins did not catch up with the log within 10 minutes");
     }
+    // Sagas waiting on a service that never answers end when their timers fire.
+    let waiting = "SELECT count(*) AS running FROM sagas WHERE status = 'running'";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let answer = runtime.block_on(host.sql.query(waiting))?;
+        if weir_sql::query::to_csv(&answer)? == b"running\n0\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    host.wait_caught_up(total as u64, Duration::from_secs(60));
     let elapsed = started.elapsed();
     println!(
         "\nwrote {total} events to the embedded log (topic {}) in {written:.2?}; the plugins applied them all to Arrow read models {elapsed:.2?} after the first write ({:.0} events/s end to end)",
@@ -182,7 +218,11 @@ pub fn run(options: &DemoOptions, runtime: &tokio::runtime::Runtime) -> anyhow::
     for sql in DEMO_QUERIES {
         print_query(runtime, &host.sql, sql)?;
     }
-    for plugin in status.plugins.iter().skip(2) {
+    println!("\nthe order saga (plugins order-saga, inventory-service, payment-service, saga-view; every 20th order):");
+    for sql in SAGA_QUERIES {
+        print_query(runtime, &host.sql, sql)?;
+    }
+    for plugin in status.plugins.iter().skip(2 + SAGA_PLUGINS.len()) {
         if let PluginKind::Projection { tables } = &plugin.info.kind {
             for table in tables {
                 let name = format!("{}.{}", plugin.info.name, table.name);

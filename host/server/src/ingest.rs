@@ -34,6 +34,8 @@ pub struct IngestSettings {
     pub publish_interval: Duration,
     /// Checkpoint cadence and retention.
     pub checkpoint: CheckpointConfig,
+    /// Time between ticks while a handler has timers set.
+    pub tick_interval: Duration,
 }
 
 /// The loop and what it owns.
@@ -53,6 +55,9 @@ pub struct Ingest {
     status: StatusBoard,
     /// What the previous process wrote after its last checkpoint, not to be written again.
     pub(crate) written: AlreadyWritten,
+    /// Where to read that from (the restored checkpoint's marks; empty: from the start), until
+    /// it has been read.
+    scan_from: Option<output::Marks>,
 }
 
 /// A checkpoint being written in the background.
@@ -92,6 +97,8 @@ struct Turn {
     checkpoint_soon: bool,
     /// Rebuilt versions serving since the last checkpoint was captured.
     switches: Vec<(String, u32)>,
+    /// When the last tick was written (none yet: one is due at once).
+    last_tick: Option<Instant>,
 }
 
 impl Turn {
@@ -113,6 +120,7 @@ impl Turn {
             catching_up: false,
             checkpoint_soon: false,
             switches: Vec::new(),
+            last_tick: None,
         }
     }
 
@@ -149,6 +157,7 @@ impl Ingest {
         pipeline.set_sink(sink.clone());
         Ingest {
             written: AlreadyWritten::default(),
+            scan_from: None,
             pipeline,
             source,
             lifecycle: None,
@@ -162,9 +171,11 @@ impl Ingest {
         }
     }
 
-    /// Drop what `written` holds when re-processing emits it again.
-    pub fn with_already_written(mut self, written: AlreadyWritten) -> Self {
-        self.written = written;
+    /// Before processing anything, read what was written to the output topics past `marks`
+    /// (a restored checkpoint's; empty without one), so that re-processing does not write it
+    /// again.
+    pub fn reading_back_from(mut self, marks: output::Marks) -> Self {
+        self.scan_from = Some(marks);
         self
     }
 
@@ -183,6 +194,12 @@ impl Ingest {
         let mut turn = Turn::new();
         self.report(&turn);
         while !stop.load(Ordering::Relaxed) {
+            // First: a checkpoint (resolving starts writes one) must not record new marks
+            // before what lies past the old ones has been read.
+            if !self.read_back(&mut turn) {
+                turn.back_off();
+                continue;
+            }
             if !turn.starts_resolved && !self.resolve_starts(&mut turn) {
                 turn.back_off();
                 continue;
@@ -200,6 +217,7 @@ impl Ingest {
                 turn.checkpoint_soon |= applied.checkpoint;
                 self.report(&turn);
             }
+            self.tick_when_due(&mut turn);
             self.poll_and_process(&mut turn);
             self.catch_up(&mut turn);
             if self.written.active() {
@@ -284,6 +302,52 @@ impl Ingest {
         }
         turn.starts_resolved = true;
         true
+    }
+
+    /// Read what the previous process wrote after its last checkpoint (once, before the first
+    /// event is processed); returns whether that is done.
+    fn read_back(&mut self, turn: &mut Turn) -> bool {
+        let Some(marks) = &self.scan_from else { return true };
+        match AlreadyWritten::scan(self.sink.as_ref(), &self.pipeline.output_topics(), marks) {
+            Ok(written) => {
+                self.written = written;
+                self.scan_from = None;
+                true
+            }
+            Err(e) => {
+                turn.source_failed(
+                    format!("reading back what was written after the last checkpoint: {e}"),
+                    "reading the output topics failed",
+                );
+                self.report(turn);
+                false
+            }
+        }
+    }
+
+    /// While a handler reads ticks, write one (processing time) to `weir.ticks` at start and
+    /// every `tick_interval`: timers fire on ticks, a handler's clock is the latest tick it saw,
+    /// and a tick in the log does the same again when the handler re-processes it.
+    fn tick_when_due(&mut self, turn: &mut Turn) {
+        if turn.last_tick.is_some_and(|t| t.elapsed() < self.settings.tick_interval) || !self.pipeline.reads_ticks() {
+            return;
+        }
+        turn.last_tick = Some(Instant::now());
+        let now_us =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        turn.pending.push(Event {
+            id: format!("tick-{now_us}"),
+            event_type: "weir.tick".into(),
+            payload: b"{}".to_vec(),
+            content_type: "application/json".into(),
+            time_us: now_us,
+            position: weir_core::event::Position {
+                topic: weir_runtime::TICKS_TOPIC.into(),
+                partition: 0,
+                offset: 0,
+            },
+            ..Event::default()
+        });
     }
 
     /// Write the events handlers emitted; returns whether none is left unwritten.

@@ -23,6 +23,8 @@ use weir_runtime::EventError;
 
 /// Header naming the plugin an event was written for (emitted by it, or dead-lettered from it).
 pub const EMITTER: &str = "weir-emitter";
+/// Header on what a timer's event caused: the position of the tick that fired the timer.
+pub const CAUSE: &str = "weir-cause";
 
 /// Dead-letter headers: why, by which version, from where, after how many tries.
 pub const DLQ_ERROR: &str = "weir-dlq-error";
@@ -45,11 +47,20 @@ pub fn dead_letter_topic(name: &str) -> String {
 /// The event to write for the `n`th event plugin `name` emitted while handling `cause`: a
 /// deterministic id, the cause's time, the cause's id as causation id, its correlation id (or
 /// its id, for the first event of a flow) carried over, and the [`EMITTER`] header.
+///
+/// What a timer's event causes is named after the timer (`plugin/timer:KEY@AT/n`), not after the
+/// tick that fired it, and carries that tick's position in the header [`CAUSE`].
 pub fn emitted_event(name: &str, cause: &Event, n: usize, out: OutgoingEvent) -> Event {
     let mut headers = out.headers;
     headers.push((EMITTER.to_string(), name.as_bytes().to_vec()));
+    let id = if cause.headers.iter().any(|(h, _)| h == weir_runtime::TIMER_HEADER) {
+        headers.push((CAUSE.to_string(), cause.position.to_string().into_bytes()));
+        format!("{name}/{}/{n}", cause.id)
+    } else {
+        format!("{name}/{}/{n}", cause.position)
+    };
     Event {
-        id: format!("{name}/{}/{n}", cause.position),
+        id,
         event_type: out.event_type,
         key: out.key,
         payload: out.payload,
@@ -129,10 +140,19 @@ pub fn describe_dead_letter(partition: u32, offset: u64, dead: &Event, full: boo
     }
 }
 
-/// The position of the event that caused the event with this id, if the host gave it the id.
-fn cause_of(id: &str) -> Option<(String, u32, u64)> {
-    let (_, rest) = id.split_once('/')?;
-    let (position, _) = rest.rsplit_once('/')?;
+/// The position of the event that caused `event`, if the host wrote it: from its [`CAUSE`]
+/// header, else from its id (`plugin/topic/partition@offset/...`).
+fn cause_of(event: &Event) -> Option<(String, u32, u64)> {
+    let position = match header(event, CAUSE) {
+        Some(position) => position,
+        None => {
+            let (_, rest) = event.id.split_once('/')?;
+            let (topic, rest) = rest.split_once('/')?;
+            let (partition, rest) = rest.split_once('@')?;
+            let offset = rest.split('/').next()?;
+            return Some((topic.to_string(), partition.parse().ok()?, offset.parse().ok()?));
+        }
+    };
     let (topic_partition, offset) = position.rsplit_once('@')?;
     let (topic, partition) = topic_partition.rsplit_once('/')?;
     Some((topic.to_string(), partition.parse().ok()?, offset.parse().ok()?))
@@ -251,7 +271,7 @@ impl AlreadyWritten {
                     offset = last.position.offset + 1;
                     for event in events {
                         let Some(emitter) = header(&event, EMITTER) else { continue };
-                        if let Some((topic, partition, offset)) = cause_of(&event.id) {
+                        if let Some((topic, partition, offset)) = cause_of(&event) {
                             let next = found
                                 .frontier
                                 .entry(emitter.to_string())
@@ -330,10 +350,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cause_of_an_id_the_host_gave() {
-        assert_eq!(cause_of("saga/orders/3@41/0"), Some(("orders".into(), 3, 41)));
-        assert_eq!(cause_of("saga/orders/3@41/dead"), Some(("orders".into(), 3, 41)));
-        assert_eq!(cause_of("order-1"), None);
+    fn the_cause_of_an_event_the_host_wrote() {
+        let with_id = |id: &str| Event { id: id.into(), ..Event::default() };
+        assert_eq!(cause_of(&with_id("saga/orders/3@41/0")), Some(("orders".into(), 3, 41)));
+        assert_eq!(cause_of(&with_id("saga/orders/3@41/dead")), Some(("orders".into(), 3, 41)));
+        assert_eq!(cause_of(&with_id("order-1")), None);
+        let mut fired = with_id("saga/timer:o/1@99/0");
+        fired.headers.push((CAUSE.into(), b"weir.ticks/2@7".to_vec()));
+        assert_eq!(cause_of(&fired), Some(("weir.ticks".into(), 2, 7)));
     }
 
     #[test]

@@ -159,7 +159,7 @@ impl Slot {
                         .and_then(|changes| model.apply(changes).map_err(|e| model_failure(&self.plugin, event, e)));
                     match applied {
                         Ok(()) => self.ok += 1,
-                        Err(e) => failures.push((event, e)),
+                        Err(e) => failures.push((event.clone(), e)),
                     }
                 }
             }
@@ -172,15 +172,19 @@ impl Slot {
                     }
                     Ok(event)
                 };
-                let results = self.plugin.handle(&wanted, &finish);
+                let results = if wanted.iter().any(is_tick) {
+                    handle_with_ticks(&mut self.plugin, &wanted, &finish, &mut outcome.emitted, &mut failures)
+                } else {
+                    self.plugin.handle(&wanted, &finish)
+                };
                 processed = results.len();
                 for (event, result) in wanted.iter().zip(results) {
                     match result {
                         Ok(emitted) => {
-                            self.ok += 1;
+                            self.ok += u64::from(!is_tick(event));
                             outcome.emitted.extend(emitted);
                         }
-                        Err(e) => failures.push((event, e)),
+                        Err(e) => failures.push((event.clone(), e)),
                     }
                 }
             }
@@ -191,16 +195,16 @@ impl Slot {
             self.stop_at(failed, error, events, runs, &fresh_from);
             failures.pop();
         }
-        for (event, failure) in failures {
+        for (event, failure) in &failures {
             self.failed += 1;
             tracing::warn!(%failure, "event failed; sent to the dead-letter topic");
             self.dead_lettered += 1;
-            outcome.emitted.push(dead_letter_within(self.name(), event, &failure, sink));
+            outcome.emitted.push(dead_letter_within(self.name(), event, failure, sink));
             if self.recent_failures.len() == RECENT_FAILURES {
                 self.recent_failures.pop_front();
             }
             self.recent_failures.push_back(failure.clone());
-            outcome.failures.push(failure);
+            outcome.failures.push(failure.clone());
         }
     }
 
@@ -357,6 +361,11 @@ impl Pipeline {
     /// Plugin `name`'s dead-letter book.
     pub fn dead_letters(&self, name: &str) -> Option<&DeadLetterBook> {
         self.slot(name).map(|s| &s.dead_letters)
+    }
+
+    /// Whether some plugin reads the host's ticks (a handler with timers).
+    pub fn reads_ticks(&self) -> bool {
+        self.slots.iter().any(|s| s.plugin.info().topics.iter().any(|t| t == weir_runtime::TICKS_TOPIC))
     }
 
     /// Every plugin's dead-letter book, by name.
@@ -974,6 +983,48 @@ fn model_failure(plugin: &Plugin, event: &Event, error: ReadModelError) -> Event
         failure: Failure::InvalidOutput(error.to_string()),
         attempts: 1,
     }
+}
+
+/// Whether `event` is a tick (see the WIT `timers` interface).
+fn is_tick(event: &Event) -> bool {
+    event.position.topic == weir_runtime::TICKS_TOPIC
+}
+
+/// A handler's batch with ticks in it: the events between ticks in one call each; at each tick,
+/// the timers due fire, one call each. Returns one result per event of `wanted` (a tick's holds
+/// nothing: what its timers emitted goes to `emitted`, their failures to `failures`), fewer when
+/// the `stop` policy ended the batch.
+fn handle_with_ticks(
+    plugin: &mut Plugin,
+    wanted: &[Event],
+    finish: &weir_runtime::Finish<'_>,
+    emitted: &mut Vec<Event>,
+    failures: &mut Vec<(Event, EventError)>,
+) -> Vec<Result<Vec<Event>, EventError>> {
+    let mut results = Vec::with_capacity(wanted.len());
+    let mut start = 0;
+    while start < wanted.len() {
+        if is_tick(&wanted[start]) {
+            for (timer, result) in plugin.fire_timers(&wanted[start], finish) {
+                match result {
+                    Ok(out) => emitted.extend(out),
+                    Err(e) => failures.push((timer, e)),
+                }
+            }
+            results.push(Ok(Vec::new()));
+            start += 1;
+            continue;
+        }
+        let end = wanted[start..].iter().position(is_tick).map_or(wanted.len(), |n| start + n);
+        let segment = plugin.handle(&wanted[start..end], finish);
+        let stopped = segment.len() < end - start;
+        results.extend(segment);
+        if stopped {
+            break;
+        }
+        start = end;
+    }
+    results
 }
 
 /// The dead letter of `event`; when it would be over the sink's record limit (the original was

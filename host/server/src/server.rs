@@ -19,7 +19,6 @@ use crate::auth::AdminToken;
 use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 use crate::ingest::{Ingest, IngestSettings};
-use crate::output::AlreadyWritten;
 use crate::pipeline::Pipeline;
 use crate::registry::{Origin, Registry, Version, now_ms};
 use crate::status::{Status, StatusBoard};
@@ -118,11 +117,6 @@ impl Host {
                 }
             };
 
-        // What the previous process wrote after the checkpoint (all of it, with no checkpoint):
-        // re-processing emits it again, and it is not written twice.
-        let written = AlreadyWritten::scan(sink.as_ref(), &pipeline.output_topics(), &marks.unwrap_or_default())
-            .context("reading back what was written after the last checkpoint")?;
-
         let status: StatusBoard = Arc::new(RwLock::new(Status { plugins: pipeline.statuses(), ..Status::default() }));
         let logs = pipeline.log_rings();
         let registry = Arc::new(std::sync::Mutex::new(registry));
@@ -138,11 +132,14 @@ impl Host {
             batch_size: config.server.batch_size,
             publish_interval: Duration::from_millis(config.server.publish_interval_ms.max(1)),
             checkpoint: config.checkpoint.clone(),
+            tick_interval: Duration::from_millis(config.server.tick_ms.max(1)),
         };
         let stop = Arc::new(AtomicBool::new(false));
         let ingest = Ingest::new(pipeline, source, sink.clone(), checkpoints, settings, status.clone())
             .with_lifecycle(Lifecycle { requests, readers, registry: registry.clone() })
-            .with_already_written(written);
+            // What the previous process wrote after the checkpoint (all of it, with no
+            // checkpoint): re-processing emits it again, and it is not written twice.
+            .reading_back_from(marks.unwrap_or_default());
         let thread_stop = stop.clone();
         let handle = std::thread::Builder::new()
             .name("weir-ingest".into())

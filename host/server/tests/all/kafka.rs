@@ -329,3 +329,85 @@ fn weir_produce_writes_to_kafka_with_cloudevents_headers() {
     assert!(headers.contains(&("ce_type".to_string(), sent.event_type.clone())), "{headers:?}");
     assert_eq!(message.key(), sent.key.as_deref().map(str::as_bytes));
 }
+
+/// Every record of `topic` as (ce_id, key, payload), read from the start until the broker has
+/// nothing more for three seconds (tansu's high watermark cannot be trusted to say where the end is).
+fn read_all(brokers: &str, topic: &str, partitions: i32) -> Vec<(String, String, Vec<u8>)> {
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "weir-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut records = Vec::new();
+    while let Some(message) = consumer.poll(Duration::from_secs(3)) {
+        let message = message.expect("reading");
+        let id = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+        records.push((id, key, message.payload().unwrap_or_default().to_vec()));
+    }
+    records
+}
+
+#[test]
+fn a_handler_on_kafka_writes_each_emitted_event_once_across_kill_9() {
+    let tansu = Tansu::start();
+    create_topic(&tansu.brokers, "events", 3);
+    create_topic(&tansu.brokers, "relayed", 3);
+    let n = 20_000;
+    let events: Vec<Event> = (0..n)
+        .map(|i| Event {
+            id: format!("e-{i}"),
+            event_type: "Tick".into(),
+            key: Some(format!("k{}", i % 40)),
+            payload: format!("{{\"n\": {i}}}").into_bytes(),
+            time_us: 1_700_000_000_000_000 + i as i64,
+            ..Event::default()
+        })
+        .collect();
+    produce(&tansu.brokers, "events", &events);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &tansu.brokers, "weir-relay");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("interval_ms = 200", "interval_ms = 1000")
+        .replace(&format!("path = {:?}\n", wasm("orders")), &format!("path = {:?}\n\n[[plugin]]\npath = {:?}\n", wasm("relay"), wasm("tally")));
+    std::fs::write(&config, text).unwrap();
+    let weir = serve(&config);
+    // Kill between emits and the checkpoint after them, twice.
+    eventually(120, || events_read(&weir), |read| *read >= 4_000);
+    weir.kill9();
+    let weir = serve(&config);
+    eventually(120, || events_read(&weir), |read| *read >= 2_000);
+    weir.kill9();
+    let weir = serve(&config);
+    let count = |sql: &str| weir.sql_csv(sql).lines().nth(1).and_then(|l| l.parse::<usize>().ok()).unwrap_or(0);
+    eventually(240, || count("SELECT count(*) FROM seen WHERE id LIKE 'relayed:%'"), |c| *c == n);
+    assert_eq!(count("SELECT sum(events) FROM tally WHERE key LIKE 'relayed:%'"), n, "a relayed event applied twice");
+    assert!(weir.terminate().success());
+
+    let relayed = read_all(&tansu.brokers, "relayed", 3);
+    let ids: std::collections::BTreeSet<&str> = relayed.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), relayed.len(), "an emitted id is in the output topic twice");
+    assert_eq!(relayed.len(), n, "emitted events lost or doubled");
+    let mut counters: std::collections::BTreeMap<&str, Vec<u64>> = std::collections::BTreeMap::new();
+    for (_, key, payload) in &relayed {
+        let payload: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        counters.entry(key.as_str()).or_default().push(payload["relayed"].as_u64().unwrap());
+    }
+    for (key, mut seen) in counters {
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=seen.len() as u64).collect::<Vec<_>>(), "key {key}: output differs from a crash-free run");
+    }
+}
