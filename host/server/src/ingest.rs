@@ -200,13 +200,14 @@ impl Ingest {
                 turn.back_off();
                 continue;
             }
-            if !turn.starts_resolved && !self.resolve_starts(&mut turn) {
-                turn.back_off();
-                continue;
-            }
+            // Before any checkpoint: one must not hold state past an event not yet written.
             if !self.write_pending(&mut turn) {
                 turn.back_off();
                 self.report(&turn);
+                continue;
+            }
+            if !turn.starts_resolved && !self.resolve_starts(&mut turn) {
+                turn.back_off();
                 continue;
             }
             let applied = self.handle_admin();
@@ -307,10 +308,14 @@ impl Ingest {
     /// Read what the previous process wrote after its last checkpoint (once, before the first
     /// event is processed); returns whether that is done.
     fn read_back(&mut self, turn: &mut Turn) -> bool {
-        let Some(marks) = &self.scan_from else { return true };
-        match AlreadyWritten::scan(self.sink.as_ref(), &self.pipeline.output_topics(), marks) {
-            Ok(written) => {
+        let Some(marks) = self.scan_from.clone() else { return true };
+        let replayed = AlreadyWritten::scan(self.sink.as_ref(), &self.pipeline.output_topics(), &marks)
+            .and_then(|written| {
                 self.written = written;
+                self.replay_journals(turn, &marks)
+            });
+        match replayed {
+            Ok(()) => {
                 self.scan_from = None;
                 true
             }
@@ -348,6 +353,51 @@ impl Ingest {
             },
             ..Event::default()
         });
+    }
+
+    /// Each handler re-processes the batches its journal records after `marks` (the restored
+    /// checkpoint's), in the order it processed them before the restart, so it emits what it
+    /// emitted then (and what of it was written is not written again).
+    fn replay_journals(&mut self, turn: &mut Turn, marks: &output::Marks) -> Result<(), SourceError> {
+        for name in self.pipeline.handlers() {
+            let topic = output::journal_topic(&name);
+            let mut batches = 0;
+            for (partition, _) in self.sink.ends(&topic)? {
+                let mut offset = marks.get(&(topic.clone(), partition)).copied().unwrap_or(0);
+                loop {
+                    let records = self.sink.read(&topic, partition, offset, 1 << 20)?;
+                    let Some(last) = records.last() else { break };
+                    offset = last.position.offset + 1;
+                    for record in records {
+                        let runs = output::journal_runs(&record).map_err(SourceError::Invalid)?;
+                        let mut events = Vec::new();
+                        for (topic, partition, first, last) in runs {
+                            let mut next = first;
+                            while next <= last {
+                                let read = self.sink.read(&topic, partition, next, 1 << 20)?;
+                                let Some(end) = read.last().map(|e| e.position.offset) else {
+                                    return Err(SourceError::Invalid(format!(
+                                        "the journal of {name} names {topic}/{partition}@{next}, which is not in the log"
+                                    )));
+                                };
+                                events.extend(read.into_iter().filter(|e| e.position.offset <= last));
+                                next = end + 1;
+                            }
+                        }
+                        let mut outcome = self.pipeline.replay(&name, &events);
+                        self.written.drop_written(&mut outcome.emitted);
+                        turn.pending.extend(outcome.emitted);
+                        batches += 1;
+                    }
+                }
+            }
+            if batches > 0 {
+                tracing::info!(plugin = %name, batches, "re-processed the batches journaled after the checkpoint, in their order");
+                turn.dirty = true;
+                turn.unsaved = true;
+            }
+        }
+        Ok(())
     }
 
     /// Write the events handlers emitted; returns whether none is left unwritten.
@@ -587,8 +637,22 @@ impl Ingest {
         }
     }
 
-    /// Write handlers' events, grouped by topic; returns those not written.
+    /// Write handlers' events, grouped by topic, journal records first (a handler's output is
+    /// visible only once the order it processed its input in is durable); returns those not
+    /// written.
     fn write_emitted(&self, events: Vec<Event>) -> Vec<Event> {
+        let (journal, events): (Vec<Event>, Vec<Event>) =
+            events.into_iter().partition(|e| output::is_journal(&e.position.topic));
+        if !journal.is_empty() {
+            let left = self.write_topics(journal);
+            if !left.is_empty() {
+                return left.into_iter().chain(events).collect();
+            }
+        }
+        self.write_topics(events)
+    }
+
+    fn write_topics(&self, events: Vec<Event>) -> Vec<Event> {
         let mut by_topic: Vec<(String, Vec<Event>)> = Vec::new();
         for event in events {
             match by_topic.iter_mut().find(|(t, _)| *t == event.position.topic) {

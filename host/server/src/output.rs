@@ -39,6 +39,57 @@ pub const DLQ_ID: &str = "weir-dlq-id";
 /// Bytes read per call when reading back what the host wrote.
 const READ_BYTES: usize = 1 << 20;
 
+/// The journal topic of handler `name`: the order in which it processed its input.
+pub fn journal_topic(name: &str) -> String {
+    format!("weir.journal.{name}")
+}
+
+/// Whether events of `topic` are journal records.
+pub fn is_journal(topic: &str) -> bool {
+    topic.starts_with("weir.journal.")
+}
+
+/// One run of a journaled batch: events of `topic`/`partition` from `first` to `last`, both
+/// included (those the handler wanted among them).
+pub type JournalRun = (String, u32, u64, u64);
+
+/// The journal record of one batch handler `name` processed: its runs, in order, one line each
+/// (`topic partition first last`). Keyed by the handler's name, so one partition holds them all,
+/// in order.
+pub fn journal_record(name: &str, runs: &[JournalRun]) -> Event {
+    let mut payload = String::new();
+    for (topic, partition, first, last) in runs {
+        payload.push_str(&format!("{topic} {partition} {first} {last}\n"));
+    }
+    let (topic, partition, first, _) = &runs[0];
+    Event {
+        id: format!("{name}/journal/{topic}/{partition}@{first}"),
+        event_type: "weir.journal".into(),
+        key: Some(name.to_string()),
+        payload: payload.into_bytes(),
+        content_type: "text/plain".into(),
+        position: Position { topic: journal_topic(name), partition: 0, offset: 0 },
+        ..Event::default()
+    }
+}
+
+/// The runs of a journal record, or why it is not one.
+pub fn journal_runs(record: &Event) -> Result<Vec<JournalRun>, String> {
+    let text = std::str::from_utf8(&record.payload).map_err(|e| format!("{}: not text: {e}", record.position))?;
+    text.lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+            match (fields.first(), number(1), number(2), number(3)) {
+                (Some(topic), Some(partition), Some(first), Some(last)) if fields.len() == 4 => {
+                    Ok((topic.to_string(), partition as u32, first, last))
+                }
+                _ => Err(format!("{}: {line:?} is not `topic partition first last`", record.position)),
+            }
+        })
+        .collect()
+}
+
 /// The dead-letter topic of plugin `name`.
 pub fn dead_letter_topic(name: &str) -> String {
     format!("weir.dlq.{name}")

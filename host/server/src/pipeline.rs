@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::output::{DeadLetterBook, OnError, dead_letter, dead_letter_topic, emitted_event};
+use crate::output::{
+    DeadLetterBook, JournalRun, OnError, dead_letter, dead_letter_topic, emitted_event, journal_record, journal_topic,
+};
 use crate::status::{PluginState, PluginStatus, RebuildStatus};
 
 use weir_core::event::{Event, PositionMap, StartAt};
@@ -66,6 +68,8 @@ struct Slot {
     stopped: Option<String>,
     /// Events sent to its dead-letter topic since it started.
     dead_lettered: u64,
+    /// Re-processing journaled batches after a restart (they are not journaled again).
+    replaying: bool,
     /// Which of its dead letters are settled.
     dead_letters: DeadLetterBook,
 }
@@ -99,6 +103,7 @@ impl Slot {
             stopped: None,
             dead_lettered: 0,
             dead_letters: DeadLetterBook::default(),
+            replaying: false,
         }
     }
 
@@ -147,6 +152,11 @@ impl Slot {
         };
         if wanted.is_empty() {
             return;
+        }
+        // A handler's batches are journaled (before what they emit is written), so that after a
+        // crash it re-processes them in the same order and emits the same events again.
+        if self.model.is_none() && !self.replaying {
+            outcome.emitted.push(journal_record(&info.name, &journal_runs(&wanted)));
         }
         let mut failures = Vec::new();
         let processed;
@@ -385,6 +395,7 @@ impl Pipeline {
             topics.insert(dead_letter_topic(slot.name()));
             if let PluginKind::Handler { emits_to } = &slot.plugin.info().kind {
                 topics.extend(emits_to.iter().cloned());
+                topics.insert(journal_topic(slot.name()));
             }
         }
         topics
@@ -725,6 +736,24 @@ impl Pipeline {
         }
     }
 
+    /// Handlers (by name) whose batches are journaled.
+    pub fn handlers(&self) -> Vec<String> {
+        self.slots.iter().filter(|s| s.model.is_none()).map(|s| s.name().to_string()).collect()
+    }
+
+    /// Re-process one journaled batch of handler `name` (the events its runs name, in order),
+    /// as it was processed before a restart.
+    pub fn replay(&mut self, name: &str, events: &[Event]) -> BatchOutcome {
+        let mut outcome = BatchOutcome::default();
+        let sink = self.sink.clone();
+        if let Some(slot) = self.slot_mut(name) {
+            slot.replaying = true;
+            slot.process(events, &partition_runs(events), sink.as_deref(), &mut outcome);
+            slot.replaying = false;
+        }
+        outcome
+    }
+
     /// Run one batch of the shared feed through every plugin on it that wants some of it.
     pub fn process(&mut self, events: &[Event]) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
@@ -983,6 +1012,20 @@ fn model_failure(plugin: &Plugin, event: &Event, error: ReadModelError) -> Event
         failure: Failure::InvalidOutput(error.to_string()),
         attempts: 1,
     }
+}
+
+/// The runs of `events` for a journal record: consecutive events of one partition, first and
+/// last offset.
+fn journal_runs(events: &[Event]) -> Vec<JournalRun> {
+    let mut runs: Vec<JournalRun> = Vec::new();
+    for event in events {
+        let p = &event.position;
+        match runs.last_mut() {
+            Some((topic, partition, _, last)) if *topic == p.topic && *partition == p.partition => *last = p.offset,
+            _ => runs.push((p.topic.clone(), p.partition, p.offset, p.offset)),
+        }
+    }
+    runs
 }
 
 /// Whether `event` is a tick (see the WIT `timers` interface).

@@ -21,7 +21,11 @@ pub fn fixtures_dir() -> PathBuf {
 pub fn wasm(name: &str) -> PathBuf {
     static BUILT: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
-        let mut dirs: Vec<PathBuf> = vec![repo().join("plugins/orders"), repo().join("plugins/high-value-orders")];
+        let mut dirs: Vec<PathBuf> =
+            ["orders", "high-value-orders", "order-saga", "inventory-service", "payment-service", "saga-view"]
+                .iter()
+                .map(|name| repo().join("plugins").join(name))
+                .collect();
         dirs.extend(fixture_names().into_iter().map(|n| fixtures_dir().join(n)));
         dirs.into_iter()
             .map(|dir| {
