@@ -585,7 +585,7 @@ const RECORD_OVERHEAD: usize = 256;
 /// How long [`EventSink::read`] waits for the next record before taking the partition's end as
 /// reached. (It does not trust the high watermark: some brokers report it short of the last
 /// records of a batch.)
-const READ_IDLE: Duration = Duration::from_millis(1_000);
+const READ_IDLE: Duration = Duration::from_millis(500);
 
 impl KafkaSink {
     /// A producer to the configured brokers.
@@ -617,7 +617,8 @@ impl KafkaSink {
                 .set("bootstrap.servers", &self.config.brokers)
                 .set("group.id", format!("{}-reader", self.config.group_id))
                 .set("enable.auto.commit", "false")
-                .set("enable.partition.eof", "false");
+                .set("enable.partition.eof", "false")
+                .set("fetch.wait.max.ms", "100");
             for (key, value) in &self.config.properties {
                 client.set(key, value);
             }

@@ -411,3 +411,35 @@ fn a_handler_on_kafka_writes_each_emitted_event_once_across_kill_9() {
         assert_eq!(seen, (1..=seen.len() as u64).collect::<Vec<_>>(), "key {key}: output differs from a crash-free run");
     }
 }
+
+#[test]
+fn the_order_saga_settles_on_kafka_with_declines_a_crashing_gateway_and_timeouts() {
+    let tansu = Tansu::start();
+    for topic in ["orders", "inventory-commands", "inventory-events", "payment-commands", "payment-events", "saga-events"] {
+        create_topic(&tansu.brokers, topic, 2);
+    }
+    create_topic(&tansu.brokers, "weir.ticks", 1);
+    let events = OrderStream::take_events(9, 200, 3_000);
+    let placed = events.iter().filter(|e| e.event_type == "OrderPlaced").count();
+    produce(&tansu.brokers, "orders", &events);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &tansu.brokers, "weir-saga");
+    let plugins = [
+        ("order-saga", "timeout_ms = \"1500\""),
+        ("inventory-service", ""),
+        ("payment-service", "decline_over = \"3000\""),
+        ("saga-view", ""),
+    ];
+    let mut text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("[[plugin]]\npath = {:?}\n", wasm("orders")), "")
+        .replace("batch_size = 512\n", "batch_size = 512\ntick_ms = 200\n");
+    for (name, params) in plugins {
+        text.push_str(&format!("\n[[plugin]]\npath = {:?}\nparams = {{ {params} }}\n", wasm(name)));
+    }
+    std::fs::write(&config, text).unwrap();
+    let weir = serve(&config);
+    crate::handlers::assert_sagas_settled(&weir, placed);
+    assert!(weir.terminate().success());
+}
