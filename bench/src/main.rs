@@ -48,7 +48,7 @@ struct Args {
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
     /// Run only these scenarios (comma-separated: wasm_vs_native, kafka, readmodel, results, log,
-    /// e2e, lifecycle).
+    /// e2e, lifecycle, handler).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -711,6 +711,66 @@ fn end_to_end_embedded(events: usize, repeats: usize) -> anyhow::Result<Figure> 
     })
 }
 
+/// A handler with state on the embedded log: `high-value-orders` with threshold 0, so every
+/// `OrderPlaced` (a third of the stream) is flagged with the customer's running count (a state
+/// read and write) and emitted to `order-alerts`. `events` written in batches of 10,000; timed
+/// from the first write until every event is handled and every emitted one written. Once with
+/// effectively-once output (the default: each batch journaled before its output is written), once
+/// at least once (`effectively_once = false`), alternating, `repeats` each.
+fn handler(events: usize, repeats: usize) -> anyhow::Result<Vec<Figure>> {
+    let wasm = weir_host::build::build_plugin(&weir_host::demo::plugins_dir().join("high-value-orders"))?;
+    let sample = weir_host::sample::OrderStream::take_events(45, 1_000, events);
+    let handled = sample.iter().filter(|e| e.event_type == "OrderPlaced").count();
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..repeats {
+        for (mode, effectively_once) in [true, false].into_iter().enumerate() {
+            let (dir, mut config) = host_config("handler", &wasm);
+            config.plugins[0].params.insert("threshold".into(), "0".into());
+            config.server.effectively_once = effectively_once;
+            let host = weir_host::server::Host::start(&config)?;
+            let started = Instant::now();
+            for chunk in sample.chunks(10_000) {
+                host.sink.append("orders", chunk.to_vec())?;
+            }
+            anyhow::ensure!(host.wait_caught_up(events as u64, std::time::Duration::from_secs(600)), "never caught up");
+            rates[mode].push(handled as f64 / started.elapsed().as_secs_f64());
+            let emitted: u64 = host
+                .log
+                .as_ref()
+                .map(|log| log.ranges("order-alerts").unwrap_or_default().iter().map(|r| r.end).sum())
+                .unwrap_or(0);
+            anyhow::ensure!(emitted == handled as u64, "{emitted} emitted for {handled} handled");
+            host.shutdown();
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let [exactly, at_least] = rates.map(Rate::of);
+    let figure = |metric: String, r: &Rate| Figure {
+        scenario: "handler",
+        metric,
+        unit: "events/s",
+        median: r.median,
+        low: r.min,
+        high: r.max,
+        spread: "min–max",
+        goal: "",
+    };
+    Ok(vec![
+        figure(format!("{handled} in = out, effectively once (journaled)"), &exactly),
+        figure(format!("{handled} in = out, at least once"), &at_least),
+        Figure {
+            scenario: "handler",
+            metric: "effectively once / at least once (medians)".into(),
+            unit: "ratio",
+            median: exactly.median / at_least.median,
+            low: exactly.min / at_least.max,
+            high: exactly.max / at_least.min,
+            spread: "worst–best",
+            goal: "",
+        },
+    ])
+}
+
 /// Produce→visible latency on the embedded log: `rate` events/s written in batches every 10 ms
 /// for `seconds`, each batch timed from just before its append until `/v1/status` (rewritten after
 /// every snapshot publish) shows the orders projection past all of its events. p50 and p99 over
@@ -1081,6 +1141,9 @@ fn main() -> anyhow::Result<()> {
     }
     if run("lifecycle") {
         figures.extend(lifecycle(events, if args.quick { 3 } else { 40 })?);
+    }
+    if run("handler") {
+        figures.extend(handler(events, repeats)?);
     }
     if run("e2e") {
         figures.push(end_to_end_embedded(events, repeats)?);

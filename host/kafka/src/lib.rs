@@ -293,66 +293,65 @@ impl KafkaSource {
             unsubscribed: topics.to_vec(),
         })
     }
-
 }
 
 /// A record as an event: CloudEvents headers map to fields; a plain JSON record's type and id
 /// come from its payload's fields named in `config`.
 fn to_event(config: &KafkaConfig, message: &BorrowedMessage<'_>) -> Event {
-        let position = Position {
-            topic: message.topic().to_string(),
-            partition: message.partition().max(0) as u32,
-            offset: message.offset().max(0) as u64,
-        };
-        let payload = message.payload().unwrap_or_default().to_vec();
-        let mut event = Event {
-            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            content_type: "application/json".into(),
-            time_us: match message.timestamp() {
-                Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => record_time_us(ms),
-                Timestamp::NotAvailable => 0,
-            },
-            ..Event::default()
-        };
-        if let Some(headers) = message.headers() {
-            for header in headers.iter() {
-                let value = header.value.unwrap_or_default();
-                let text = || String::from_utf8_lossy(value).into_owned();
-                match header.key {
-                    "ce_id" => event.id = text(),
-                    "ce_type" => event.event_type = text(),
-                    "ce_time" => {
-                        if let Ok(time) = chrono::DateTime::parse_from_rfc3339(&text()) {
-                            event.time_us = time.timestamp_micros();
-                        }
+    let position = Position {
+        topic: message.topic().to_string(),
+        partition: message.partition().max(0) as u32,
+        offset: message.offset().max(0) as u64,
+    };
+    let payload = message.payload().unwrap_or_default().to_vec();
+    let mut event = Event {
+        key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        content_type: "application/json".into(),
+        time_us: match message.timestamp() {
+            Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => record_time_us(ms),
+            Timestamp::NotAvailable => 0,
+        },
+        ..Event::default()
+    };
+    if let Some(headers) = message.headers() {
+        for header in headers.iter() {
+            let value = header.value.unwrap_or_default();
+            let text = || String::from_utf8_lossy(value).into_owned();
+            match header.key {
+                "ce_id" => event.id = text(),
+                "ce_type" => event.event_type = text(),
+                "ce_time" => {
+                    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(&text()) {
+                        event.time_us = time.timestamp_micros();
                     }
-                    "content-type" | "ce_datacontenttype" => event.content_type = text(),
-                    "correlation_id" | "ce_correlationid" => event.correlation_id = Some(text()),
-                    "causation_id" | "ce_causationid" => event.causation_id = Some(text()),
-                    _ => event.headers.push((header.key.to_string(), value.to_vec())),
                 }
+                "content-type" | "ce_datacontenttype" => event.content_type = text(),
+                "correlation_id" | "ce_correlationid" => event.correlation_id = Some(text()),
+                "causation_id" | "ce_causationid" => event.causation_id = Some(text()),
+                _ => event.headers.push((header.key.to_string(), value.to_vec())),
             }
         }
-        if event.event_type.is_empty() || event.id.is_empty() {
-            // Plain JSON: take the type and id from the payload's fields.
-            let json: Option<serde_json::Value> = serde_json::from_slice(&payload).ok();
-            let field = |name: &str| {
-                json.as_ref().and_then(|j| j.get(name)).and_then(|v| match v {
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    serde_json::Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                })
-            };
-            if event.event_type.is_empty() {
-                event.event_type = field(&config.type_field).unwrap_or_else(|| position.topic.clone());
-            }
-            if event.id.is_empty() {
-                event.id = field(&config.id_field)
-                    .unwrap_or_else(|| format!("{}-{}-{}", position.topic, position.partition, position.offset));
-            }
+    }
+    if event.event_type.is_empty() || event.id.is_empty() {
+        // Plain JSON: take the type and id from the payload's fields.
+        let json: Option<serde_json::Value> = serde_json::from_slice(&payload).ok();
+        let field = |name: &str| {
+            json.as_ref().and_then(|j| j.get(name)).and_then(|v| match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+        };
+        if event.event_type.is_empty() {
+            event.event_type = field(&config.type_field).unwrap_or_else(|| position.topic.clone());
         }
-        event.payload = payload;
-        event.position = position;
+        if event.id.is_empty() {
+            event.id = field(&config.id_field)
+                .unwrap_or_else(|| format!("{}-{}-{}", position.topic, position.partition, position.offset));
+        }
+    }
+    event.payload = payload;
+    event.position = position;
     event
 }
 

@@ -183,11 +183,11 @@ pub enum LoadError {
 #[error("plugin {plugin} failed on event {position} ({event_type}): {failure}")]
 pub struct EventError {
     /// `name@version`.
-    pub plugin: String,
+    pub plugin: Arc<str>,
     /// The event's position.
     pub position: Position,
     /// The event's type.
-    pub event_type: String,
+    pub event_type: Arc<str>,
     /// What happened.
     pub failure: Failure,
     /// How many times the event was tried (more than once only for host-side failures).
@@ -607,9 +607,9 @@ impl Plugin {
             let mut result = self.handle_with(std::slice::from_ref(&event), finish, &|live| {
                 live.store.data_mut().state.stage_fired(&key);
             });
-            let result = result.pop().unwrap_or_else(|| {
-                Err(self.event_error(&event, Failure::InvalidOutput("returned no result".into())))
-            });
+            let result = result
+                .pop()
+                .unwrap_or_else(|| Err(self.event_error(&event, Failure::InvalidOutput("returned no result".into()))));
             if result.is_err() {
                 self.remove_timer(&key);
             }
@@ -672,9 +672,9 @@ impl Plugin {
 
     fn event_error(&self, event: &Event, failure: Failure) -> EventError {
         EventError {
-            plugin: self.label.to_string(),
+            plugin: self.label.clone(),
             position: event.position.clone(),
-            event_type: event.event_type.clone(),
+            event_type: event.event_type.as_str().into(),
             failure,
             attempts: 1,
         }

@@ -23,9 +23,9 @@
 use std::sync::{Arc, Mutex};
 
 use crate::ingest::Ingest;
+use crate::output::{dead_letter_topic, original_of};
 use crate::registry::{Registry, Version};
 use crate::status::AdminOutcome;
-use crate::output::{dead_letter_topic, original_of};
 use weir_core::event::{Event, PositionMap, StartAt};
 use weir_core::source::{Source, SourceError};
 use weir_runtime::{Plugin, PluginKind};

@@ -267,9 +267,7 @@ fn parse_deploy_query(raw: Option<&str>) -> Result<DeployQuery, ApiError> {
             }
             "on_error" => query.on_error = value.parse().map_err(bad)?,
             other => {
-                return Err(bad(format!(
-                    "unknown query parameter {other:?} (name, from, param, take_over, on_error)"
-                )));
+                return Err(bad(format!("unknown query parameter {other:?} (name, from, param, take_over, on_error)")));
             }
         }
     }

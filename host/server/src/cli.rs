@@ -800,11 +800,7 @@ fn run_status(host: &HostArgs, json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    weir_host::demo::print_table(
-        "plugins",
-        &["plugin", "world", "state", "ok", "failed", "dead letters"],
-        &plugins,
-    );
+    weir_host::demo::print_table("plugins", &["plugin", "world", "state", "ok", "failed", "dead letters"], &plugins);
     for p in status.plugins.iter().filter(|p| p.stopped.is_some()) {
         say(format!("{} stopped: {}", p.info.name, p.stopped.as_deref().unwrap_or_default()));
     }

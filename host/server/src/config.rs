@@ -91,9 +91,13 @@ pub struct ServerConfig {
     pub batch_size: usize,
     /// Longest time, in milliseconds, between an event being applied and queries seeing it.
     pub publish_interval_ms: u64,
-    /// Milliseconds between the ticks written to `weir.ticks` while a handler has timers set
+    /// Milliseconds between the ticks written to `weir.ticks` while a handler reads them
     /// (timers fire at the first tick at or after their instant).
     pub tick_ms: u64,
+    /// Handlers' output effectively once (true, the default): their batches are journaled and,
+    /// after a crash, what they wrote since the checkpoint is read back and not written again.
+    /// False: at least once (a crash may write some emitted events twice), for comparison.
+    pub effectively_once: bool,
     /// Postgres wire-protocol listen address (loopback by default), or `"off"`. Env: `WEIR_PG`.
     #[serde(deserialize_with = "listener")]
     pub pg: Option<SocketAddr>,
@@ -113,6 +117,7 @@ impl Default for ServerConfig {
             batch_size: 1024,
             publish_interval_ms: 100,
             tick_ms: 1_000,
+            effectively_once: true,
             pg: Some(SocketAddr::from(([127, 0, 0, 1], 5433))),
             flight: Some(SocketAddr::from(([127, 0, 0, 1], 8815))),
             token: None,

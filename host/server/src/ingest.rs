@@ -14,8 +14,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::admin::Lifecycle;
-use crate::output::{self, AlreadyWritten};
 use crate::checkpoint::{self, CheckpointConfig, CheckpointError, CheckpointStore, WriteStats};
+use crate::output::{self, AlreadyWritten};
 use crate::pipeline::Pipeline;
 use crate::status::{CheckpointStatus, Lag, StatusBoard};
 use weir_core::event::{Event, PositionMap};
@@ -309,8 +309,8 @@ impl Ingest {
     /// event is processed); returns whether that is done.
     fn read_back(&mut self, turn: &mut Turn) -> bool {
         let Some(marks) = self.scan_from.clone() else { return true };
-        let replayed = AlreadyWritten::scan(self.sink.as_ref(), &self.pipeline.output_topics(), &marks)
-            .and_then(|written| {
+        let replayed =
+            AlreadyWritten::scan(self.sink.as_ref(), &self.pipeline.output_topics(), &marks).and_then(|written| {
                 self.written = written;
                 self.replay_journals(turn, &marks)
             });
@@ -346,11 +346,7 @@ impl Ingest {
             payload: b"{}".to_vec(),
             content_type: "application/json".into(),
             time_us: now_us,
-            position: weir_core::event::Position {
-                topic: weir_runtime::TICKS_TOPIC.into(),
-                partition: 0,
-                offset: 0,
-            },
+            position: weir_core::event::Position { topic: weir_runtime::TICKS_TOPIC.into(), partition: 0, offset: 0 },
             ..Event::default()
         });
     }

@@ -391,7 +391,10 @@ impl AlreadyWritten {
                 );
             }
             self.ids.clear();
-            tracing::info!(dropped = self.dropped, "re-processing after the restart is past everything written before it");
+            tracing::info!(
+                dropped = self.dropped,
+                "re-processing after the restart is past everything written before it"
+            );
         }
     }
 }
@@ -425,7 +428,7 @@ mod tests {
         let error = EventError {
             plugin: "p@1".into(),
             position: event.position.clone(),
-            event_type: event.event_type.clone(),
+            event_type: event.event_type.as_str().into(),
             failure: weir_runtime::Failure::Refused("no".into()),
             attempts: 1,
         };

@@ -70,6 +70,8 @@ struct Slot {
     dead_lettered: u64,
     /// Re-processing journaled batches after a restart (they are not journaled again).
     replaying: bool,
+    /// Its batches are journaled (a handler, unless the host runs at least once).
+    journal: bool,
     /// Which of its dead letters are settled.
     dead_letters: DeadLetterBook,
 }
@@ -104,6 +106,7 @@ impl Slot {
             dead_lettered: 0,
             dead_letters: DeadLetterBook::default(),
             replaying: false,
+            journal: true,
         }
     }
 
@@ -155,7 +158,7 @@ impl Slot {
         }
         // A handler's batches are journaled (before what they emit is written), so that after a
         // crash it re-processes them in the same order and emits the same events again.
-        if self.model.is_none() && !self.replaying {
+        if self.model.is_none() && self.journal && !self.replaying {
             outcome.emitted.push(journal_record(&info.name, &journal_runs(&wanted)));
         }
         let mut failures = Vec::new();
@@ -333,6 +336,8 @@ pub struct Pipeline {
     /// Where emitted events and dead letters go: checked against it before a plugin's state for
     /// the event is kept.
     sink: Option<Arc<dyn EventSink>>,
+    /// Whether handlers' batches are journaled (effectively-once output).
+    journal: bool,
 }
 
 /// What one batch produced beyond the read models.
@@ -348,7 +353,15 @@ pub struct BatchOutcome {
 impl Pipeline {
     /// An empty pipeline publishing to `catalog`.
     pub fn new(catalog: Arc<Catalog>) -> Self {
-        Pipeline { slots: Vec::new(), catalog, logs: LogRings::default(), sink: None }
+        Pipeline { slots: Vec::new(), catalog, logs: LogRings::default(), sink: None, journal: true }
+    }
+
+    /// Journal handlers' batches (the default), or not (at-least-once output).
+    pub fn set_journal(&mut self, journal: bool) {
+        self.journal = journal;
+        for slot in &mut self.slots {
+            slot.journal = journal;
+        }
     }
 
     /// Check emitted events and dead letters against `sink` (its topic names, record limit).
@@ -471,7 +484,9 @@ impl Pipeline {
             PluginKind::Handler { .. } => None,
         };
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).insert(name, plugin.logs());
-        self.slots.push(Slot::new(plugin, model));
+        let mut slot = Slot::new(plugin, model);
+        slot.journal = self.journal;
+        self.slots.push(slot);
         Ok(())
     }
 
@@ -1006,9 +1021,9 @@ fn model_tables(plugin: &Plugin) -> &[TableSchema] {
 
 fn model_failure(plugin: &Plugin, event: &Event, error: ReadModelError) -> EventError {
     EventError {
-        plugin: plugin.info().label(),
+        plugin: plugin.info().label().into(),
         position: event.position.clone(),
-        event_type: event.event_type.clone(),
+        event_type: event.event_type.as_str().into(),
         failure: Failure::InvalidOutput(error.to_string()),
         attempts: 1,
     }
@@ -1079,10 +1094,8 @@ fn dead_letter_within(name: &str, event: &Event, error: &EventError, sink: Optio
         Ok(()) => dead,
         Err(why) => {
             let mut error = error.clone();
-            error.failure = Failure::Refused(format!(
-                "{} (the dead letter carries no payload: with it, {why})",
-                error.failure
-            ));
+            error.failure =
+                Failure::Refused(format!("{} (the dead letter carries no payload: with it, {why})", error.failure));
             let mut bare = event.clone();
             bare.payload = Vec::new();
             dead_letter(name, &bare, &error)

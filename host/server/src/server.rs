@@ -135,11 +135,14 @@ impl Host {
             tick_interval: Duration::from_millis(config.server.tick_ms.max(1)),
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let ingest = Ingest::new(pipeline, source, sink.clone(), checkpoints, settings, status.clone())
-            .with_lifecycle(Lifecycle { requests, readers, registry: registry.clone() })
+        pipeline.set_journal(config.server.effectively_once);
+        let mut ingest = Ingest::new(pipeline, source, sink.clone(), checkpoints, settings, status.clone())
+            .with_lifecycle(Lifecycle { requests, readers, registry: registry.clone() });
+        if config.server.effectively_once {
             // What the previous process wrote after the checkpoint (all of it, with no
             // checkpoint): re-processing emits it again, and it is not written twice.
-            .reading_back_from(marks.unwrap_or_default());
+            ingest = ingest.reading_back_from(marks.unwrap_or_default());
+        }
         let thread_stop = stop.clone();
         let handle = std::thread::Builder::new()
             .name("weir-ingest".into())
@@ -228,7 +231,8 @@ fn load_plugins(
             registry.store_component(&hash, &bytes)?;
             // A handler's new version continues where the old one was (its output is events
             // already written: starting over would write its history again).
-            let takes_over = match (loaded.info().kind.clone(), registry.entry(&name).and_then(|e| e.current_version())) {
+            let takes_over = match (loaded.info().kind.clone(), registry.entry(&name).and_then(|e| e.current_version()))
+            {
                 (PluginKind::Handler { .. }, Some(previous)) => {
                     let path = registry.component_path(&previous.component);
                     match runtime.load(&path, previous.params.clone()) {

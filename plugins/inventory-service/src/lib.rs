@@ -50,7 +50,12 @@ impl Handler for InventoryService {
         });
         if let Some(sku) = missing {
             let reason = format!("{sku} is out of stock");
-            return ctx.emit_json("inventory-events", order_id, "InventoryRejected", &Answer { order_id, reason: &reason });
+            return ctx.emit_json(
+                "inventory-events",
+                order_id,
+                "InventoryRejected",
+                &Answer { order_id, reason: &reason },
+            );
         }
         ctx.put(&key, &true)?;
         ctx.emit_json("inventory-events", order_id, "InventoryReserved", &Answer { order_id, reason: "" })

@@ -201,7 +201,10 @@ fn an_emitted_event_over_the_record_limit_is_dead_lettered_not_retried() {
     let letters = weir.admin("GET", "/v1/plugins/relay/dlq", None);
     assert_eq!(letters[0]["kind"], "output_refused", "{letters:#}");
     assert_eq!(letters[0]["origin"], "events/0@4");
-    assert!(letters[0]["error"].as_str().unwrap().contains("over the embedded log's limit of 16777216 bytes"), "{letters:#}");
+    assert!(
+        letters[0]["error"].as_str().unwrap().contains("over the embedded log's limit of 16777216 bytes"),
+        "{letters:#}"
+    );
     assert_eq!(weir.status()["emitted_pending"], 0, "the refused event is not waiting to be retried");
     assert!(weir.terminate().success());
     let relayed = read_topic(&dir.path().join("data"), "relayed");
@@ -245,14 +248,22 @@ pub(crate) fn assert_sagas_settled(weir: &WeirProcess, placed: usize) {
     let none = |what: &str, sql: &str| {
         let found = number(weir, sql);
         if found > 0 {
-            let example = weir.sql_csv(&(sql.replace("SELECT count(*) FROM sagas", "SELECT * FROM sagas").replace("SELECT count(*) FROM sagas s", "SELECT s.* FROM sagas s") + " LIMIT 3"));
+            let example = weir.sql_csv(
+                &(sql
+                    .replace("SELECT count(*) FROM sagas", "SELECT * FROM sagas")
+                    .replace("SELECT count(*) FROM sagas s", "SELECT s.* FROM sagas s")
+                    + " LIMIT 3"),
+            );
             let flow = example.lines().nth(1).and_then(|l| l.split(',').nth(8)).map(|c| {
                 weir.sql_csv(&format!("SELECT seq, topic, event_type, event_id, causation_id FROM saga_events WHERE correlation_id = '{c}' ORDER BY seq"))
             });
             panic!("{what}: {found} sagas ({sql}), for example\n{example}\nits flow:\n{}", flow.unwrap_or_default());
         }
     };
-    none("confirmed without exactly one charge", "SELECT count(*) FROM sagas WHERE status = 'confirmed' AND (charges <> 1 OR refunds <> 0)");
+    none(
+        "confirmed without exactly one charge",
+        "SELECT count(*) FROM sagas WHERE status = 'confirmed' AND (charges <> 1 OR refunds <> 0)",
+    );
     none("cancelled holding money", "SELECT count(*) FROM sagas WHERE status = 'cancelled' AND charges <> refunds");
     none("charged twice", "SELECT count(*) FROM sagas WHERE charges > 1");
     none("ended in neither state", "SELECT count(*) FROM sagas WHERE status NOT IN ('confirmed', 'cancelled')");

@@ -33,7 +33,7 @@ fn misbehaves_at_3(name: &str, event_type: &str) -> (Failure, Plugin) {
     let outcomes = plugin.apply(&batch_with(6, &[(3, event_type)]));
     assert_eq!(outcomes.len(), 6);
     let error = outcomes[3].as_ref().expect_err("offset 3 must fail").clone();
-    assert_eq!(error.plugin, format!("{name}@0.1.0"));
+    assert_eq!(&*error.plugin, format!("{name}@0.1.0"));
     assert_eq!(error.position.to_string(), "fixtures/0@3");
     assert!(
         error.to_string().starts_with(&format!("plugin {name}@0.1.0 failed on event fixtures/0@3 ({event_type}): "))

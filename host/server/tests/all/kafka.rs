@@ -379,10 +379,10 @@ fn a_handler_on_kafka_writes_each_emitted_event_once_across_kill_9() {
 
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &tansu.brokers, "weir-relay");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("interval_ms = 200", "interval_ms = 1000")
-        .replace(&format!("path = {:?}\n", wasm("orders")), &format!("path = {:?}\n\n[[plugin]]\npath = {:?}\n", wasm("relay"), wasm("tally")));
+    let text = std::fs::read_to_string(&config).unwrap().replace("interval_ms = 200", "interval_ms = 1000").replace(
+        &format!("path = {:?}\n", wasm("orders")),
+        &format!("path = {:?}\n\n[[plugin]]\npath = {:?}\n", wasm("relay"), wasm("tally")),
+    );
     std::fs::write(&config, text).unwrap();
     let weir = serve(&config);
     // Kill between emits and the checkpoint after them, twice.
@@ -408,14 +408,20 @@ fn a_handler_on_kafka_writes_each_emitted_event_once_across_kill_9() {
     }
     for (key, mut seen) in counters {
         seen.sort_unstable();
-        assert_eq!(seen, (1..=seen.len() as u64).collect::<Vec<_>>(), "key {key}: output differs from a crash-free run");
+        assert_eq!(
+            seen,
+            (1..=seen.len() as u64).collect::<Vec<_>>(),
+            "key {key}: output differs from a crash-free run"
+        );
     }
 }
 
 #[test]
 fn the_order_saga_settles_on_kafka_with_declines_a_crashing_gateway_and_timeouts() {
     let tansu = Tansu::start();
-    for topic in ["orders", "inventory-commands", "inventory-events", "payment-commands", "payment-events", "saga-events"] {
+    for topic in
+        ["orders", "inventory-commands", "inventory-events", "payment-commands", "payment-events", "saga-events"]
+    {
         create_topic(&tansu.brokers, topic, 2);
     }
     create_topic(&tansu.brokers, "weir.ticks", 1);
