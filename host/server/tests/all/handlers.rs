@@ -211,13 +211,13 @@ fn an_emitted_event_over_the_record_limit_is_dead_lettered_not_retried() {
     assert_eq!(relayed.len(), 9);
 }
 
-/// The order saga's four plugins with test parameters (steps time out after 1.5 s; payments over
+/// The order saga's four plugins with test parameters (steps time out after 3 s; payments over
 /// 3,000 are declined), ticks every 200 ms, checkpoints every second.
 fn saga_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     let config = write_config(
         dir,
         &[
-            ("order-saga", "timeout_ms = \"1500\""),
+            ("order-saga", "timeout_ms = \"3000\""),
             ("inventory-service", ""),
             ("payment-service", "decline_over = \"3000\""),
             ("saga-view", ""),
@@ -312,4 +312,31 @@ fn every_order_saga_ends_confirmed_or_compensated_through_kill_9_and_nothing_is_
         let ids: BTreeSet<&str> = written.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids.len(), written.len(), "{topic} holds an emitted id twice");
     }
+}
+
+#[test]
+fn a_handler_whose_parameters_change_in_the_config_continues_and_does_not_emit_its_history_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[("relay", "tag = \"v1\""), ("tally", "")], "[log]\npartitions = 2\n");
+    let weir = serve(&config);
+    produce(&weir, 0, 300, 100);
+    crate::lifecycle::wait_applied(&weir, 300);
+    assert!(weir.terminate().success());
+
+    let text = std::fs::read_to_string(&config).unwrap().replace("tag = \"v1\"", "tag = \"v2\"");
+    std::fs::write(&config, text).unwrap();
+    let weir = serve(&config);
+    produce(&weir, 300, 500, 100);
+    assert_exactly_once(&weir, 500);
+    let detail = plugin_detail(&weir, "relay");
+    assert_eq!(detail["params"]["tag"], "v2", "{detail:#}");
+    assert_eq!(detail["deploy"], 2, "{detail:#}");
+    assert!(weir.terminate().success());
+    let relayed = read_topic(&dir.path().join("data"), "relayed");
+    let tags: Vec<String> = relayed
+        .iter()
+        .map(|e| serde_json::from_slice::<serde_json::Value>(&e.payload).unwrap()["tag"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(relayed.len(), 500, "the new version emitted history again");
+    assert_eq!(tags.iter().filter(|t| *t == "v2").count(), 200, "{tags:?}");
 }

@@ -432,7 +432,7 @@ fn the_order_saga_settles_on_kafka_with_declines_a_crashing_gateway_and_timeouts
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &tansu.brokers, "weir-saga");
     let plugins = [
-        ("order-saga", "timeout_ms = \"1500\""),
+        ("order-saga", "timeout_ms = \"6000\""),
         ("inventory-service", ""),
         ("payment-service", "decline_over = \"3000\""),
         ("saga-view", ""),
