@@ -247,6 +247,9 @@ impl ConsumerContext for GroupContext {
 /// A consumer-group member reading the plugins' topics.
 pub struct KafkaSource {
     consumer: BaseConsumer<GroupContext>,
+    /// A client with no partitions of its own, for partition ends: the consumer's own requests
+    /// wait behind its long-polling fetches.
+    meta: BaseConsumer,
     shared: Arc<Mutex<Shared>>,
     config: KafkaConfig,
     ends: Vec<PartitionEnd>,
@@ -284,8 +287,15 @@ impl KafkaSource {
         let consumer: BaseConsumer<GroupContext> = client
             .create_with_context(GroupContext { shared: shared.clone() })
             .map_err(|e| kafka_error("creating the consumer", e))?;
+        let mut meta = ClientConfig::new();
+        meta.set("bootstrap.servers", &config.brokers).set("group.id", format!("{}-meta", config.group_id));
+        for (key, value) in &config.properties {
+            meta.set(key, value);
+        }
+        let meta: BaseConsumer = meta.create().map_err(|e| kafka_error("creating the metadata client", e))?;
         Ok(KafkaSource {
             consumer,
+            meta,
             shared,
             config: config.clone(),
             ends: Vec::new(),
@@ -413,8 +423,7 @@ impl Source for KafkaSource {
         }
         let mut ends = Vec::new();
         for (topic, partition) in self.assignment() {
-            if let Ok((_, high)) = self.consumer.fetch_watermarks(&topic, partition as i32, Duration::from_millis(500))
-            {
+            if let Ok((_, high)) = self.meta.fetch_watermarks(&topic, partition as i32, Duration::from_millis(500)) {
                 ends.push(PartitionEnd { topic, partition, end: high.max(0) as u64 });
             }
         }
@@ -753,6 +762,8 @@ impl EventSink for KafkaSink {
                 Some(Err(e)) => return Err(kafka_error("reading", e)),
             }
         }
+        // No fetching in the background until the next read.
+        let _ = reader.unassign();
         Ok(events)
     }
 }

@@ -34,6 +34,12 @@ pub type LogRings = Arc<Mutex<BTreeMap<String, SharedLogs>>>;
 /// Failures kept per plugin for reporting.
 const RECENT_FAILURES: usize = 100;
 
+/// Per plugin, the end of each partition of a topic of its.
+type TopicEnds = BTreeMap<String, Vec<(u32, u64)>>;
+
+/// How often status reads where the dead-letter topics end.
+const DEAD_LETTER_ENDS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Fingerprints of earlier versions a plugin accepts checkpoints of (swaps between checkpoints).
 pub const MAX_TAKEN_OVER: usize = 16;
 
@@ -338,6 +344,8 @@ pub struct Pipeline {
     sink: Option<Arc<dyn EventSink>>,
     /// Whether handlers' batches are journaled (effectively-once output).
     journal: bool,
+    /// The ends of the dead-letter topics, as last read, and when.
+    dead_letter_ends: Mutex<(Option<Instant>, TopicEnds)>,
 }
 
 /// What one batch produced beyond the read models.
@@ -353,7 +361,14 @@ pub struct BatchOutcome {
 impl Pipeline {
     /// An empty pipeline publishing to `catalog`.
     pub fn new(catalog: Arc<Catalog>) -> Self {
-        Pipeline { slots: Vec::new(), catalog, logs: LogRings::default(), sink: None, journal: true }
+        Pipeline {
+            slots: Vec::new(),
+            catalog,
+            logs: LogRings::default(),
+            sink: None,
+            journal: true,
+            dead_letter_ends: Mutex::default(),
+        }
     }
 
     /// Journal handlers' batches (the default), or not (at-least-once output).
@@ -389,6 +404,26 @@ impl Pipeline {
     /// Whether some plugin reads the host's ticks (a handler with timers).
     pub fn reads_ticks(&self) -> bool {
         self.slots.iter().any(|s| s.plugin.info().topics.iter().any(|t| t == weir_runtime::TICKS_TOPIC))
+    }
+
+    /// The ends of every plugin's dead-letter topic, read from the sink at most every
+    /// [`DEAD_LETTER_ENDS_EVERY`] (on Kafka each read is a round trip per partition).
+    fn dead_letter_ends(&self) -> TopicEnds {
+        let mut cached = self.dead_letter_ends.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = cached.0.is_some_and(|t| t.elapsed() < DEAD_LETTER_ENDS_EVERY);
+        let known = self.slots.iter().all(|s| cached.1.contains_key(s.name()));
+        if let Some(sink) = &self.sink
+            && !(fresh && known)
+        {
+            let mut ends = BTreeMap::new();
+            for slot in &self.slots {
+                if let Ok(e) = sink.ends(&dead_letter_topic(slot.name())) {
+                    ends.insert(slot.name().to_string(), e);
+                }
+            }
+            *cached = (Some(Instant::now()), ends);
+        }
+        cached.1.clone()
     }
 
     /// Every plugin's dead-letter book, by name.
@@ -940,7 +975,7 @@ impl Pipeline {
 
     /// The plugins, with their counts, states and rebuilds.
     pub fn statuses(&mut self) -> Vec<PluginStatus> {
-        let sink = self.sink.clone();
+        let ends = self.dead_letter_ends();
         self.slots
             .iter_mut()
             .map(|slot| {
@@ -958,10 +993,7 @@ impl Pipeline {
                         elapsed_ms: elapsed.as_millis() as u64,
                     }
                 });
-                let dead_letters = sink
-                    .as_ref()
-                    .and_then(|sink| sink.ends(&dead_letter_topic(slot.name())).ok())
-                    .map_or(0, |ends| slot.dead_letters.count(&ends));
+                let dead_letters = ends.get(slot.name()).map_or(0, |ends| slot.dead_letters.count(ends));
                 let state = if slot.stopped.is_some() {
                     PluginState::Failed
                 } else if slot.paused {

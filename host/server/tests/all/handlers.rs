@@ -275,7 +275,8 @@ pub(crate) fn assert_sagas_settled(weir: &WeirProcess, placed: usize) {
     );
     for reason in ["payment declined", "inventory rejected", "payment did not answer in time"] {
         let n = number(weir, &format!("SELECT count(*) FROM sagas WHERE reason LIKE '{reason}%'"));
-        assert!(n > 0, "no saga was cancelled for {reason:?}");
+        let reasons = weir.sql_csv("SELECT reason, count(*) FROM sagas GROUP BY reason ORDER BY reason");
+        assert!(n > 0, "no saga was cancelled for {reason:?}; the reasons:\n{reasons}");
     }
     assert!(number(weir, "SELECT count(*) FROM sagas WHERE status = 'confirmed'") > placed as i64 / 2);
 }
