@@ -107,6 +107,12 @@ pub trait GroupMember {
 pub trait EventSink: Send + Sync {
     /// Write `events` to `topic`; returns their positions, in order, once durable.
     fn append(&self, topic: &str, events: Vec<Event>) -> Result<Vec<Position>>;
+    /// Write to several topics (each named once), in the order given: nothing of a later topic
+    /// is visible before an earlier one is durable. A sink that can makes them durable together
+    /// (the embedded log: one sync for all); by default, one [`EventSink::append`] after another.
+    fn append_all(&self, batches: Vec<(String, Vec<Event>)>) -> Result<Vec<Vec<Position>>> {
+        batches.into_iter().map(|(topic, events)| self.append(&topic, events)).collect()
+    }
     /// Whether `event` could be written to `topic` (a valid topic name; one record, with its id,
     /// type, key and every header, within the sink's record limit), without writing it: the
     /// refusal [`EventSink::append`] would give ([`SourceError::Invalid`] or

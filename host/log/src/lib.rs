@@ -361,66 +361,108 @@ impl EmbeddedLog {
     /// (round robin without a key). An empty id becomes `topic-partition-offset`; a zero time
     /// becomes now. Returns each event's position, in input order, once durable.
     pub fn append(&self, topic_name: &str, events: Vec<Event>) -> Result<Vec<Position>> {
-        let topic = self.topic_or_create(topic_name)?;
-        let count = topic.partitions.len() as u32;
-        let mut groups: BTreeMap<u32, Vec<(usize, Event)>> = BTreeMap::new();
-        for (index, event) in events.into_iter().enumerate() {
-            let partition = match &event.key {
-                Some(key) => partition_for_key(key.as_bytes(), count),
-                None => (self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(count)) as u32,
-            };
-            groups.entry(partition).or_default().push((index, event));
-        }
-        let total = groups.values().map(Vec::len).sum();
-        let firsts = self.write_groups(&topic, &groups)?;
-        let mut positions = vec![Position::default(); total];
-        for ((partition, group), first) in groups.iter().zip(firsts) {
-            for (i, (index, _)) in group.iter().enumerate() {
-                positions[*index] =
-                    Position { topic: topic_name.to_string(), partition: *partition, offset: first + i as u64 };
+        let mut positions = self.append_all(vec![(topic_name.to_string(), events)])?;
+        Ok(positions.pop().unwrap_or_default())
+    }
+
+    /// Append to several topics at once, as [`EmbeddedLog::append`] does to one: every event is
+    /// written in the order given (topic after topic), then all are synced together, then made
+    /// visible; all or nothing. Returns the positions per topic, in input order.
+    pub fn append_all(&self, batches: Vec<(String, Vec<Event>)>) -> Result<Vec<Vec<Position>>> {
+        let mut prepared = Vec::with_capacity(batches.len());
+        for (name, events) in batches {
+            let topic = self.topic_or_create(&name)?;
+            let count = topic.partitions.len() as u32;
+            let mut groups: BTreeMap<u32, Vec<(usize, Event)>> = BTreeMap::new();
+            for (index, event) in events.into_iter().enumerate() {
+                let partition = match &event.key {
+                    Some(key) => partition_for_key(key.as_bytes(), count),
+                    None => (self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(count)) as u32,
+                };
+                groups.entry(partition).or_default().push((index, event));
             }
+            prepared.push((name, topic, groups));
+        }
+        let firsts = self.write_groups(&prepared)?;
+        let mut all = Vec::with_capacity(prepared.len());
+        for ((name, _, groups), firsts) in prepared.iter().zip(firsts) {
+            let total = groups.values().map(Vec::len).sum();
+            let mut positions = vec![Position::default(); total];
+            for ((partition, group), first) in groups.iter().zip(firsts) {
+                for (i, (index, _)) in group.iter().enumerate() {
+                    positions[*index] =
+                        Position { topic: name.clone(), partition: *partition, offset: first + i as u64 };
+                }
+            }
+            all.push(positions);
         }
         *self.appends.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         self.appended.notify_all();
-        Ok(positions)
+        Ok(all)
     }
 
-    /// Write every group to its partition, all or nothing: check sizes, lock the partitions in
-    /// order, write each, sync them together (in parallel), then make them visible. Returns each
-    /// group's first offset.
-    fn write_groups(&self, topic: &Topic, groups: &BTreeMap<u32, Vec<(usize, Event)>>) -> Result<Vec<u64>> {
-        for group in groups.values() {
-            for (index, event) in group {
-                let bytes = encoded_len(event);
-                if bytes > MAX_RECORD_BYTES {
-                    return Err(LogError::RecordTooLarge { index: *index, bytes, limit: MAX_RECORD_BYTES });
+    /// Write every group to its partition, all or nothing: check sizes, lock the partitions (in
+    /// one global order: topic name, then partition), write each in the order given, sync them
+    /// together (in parallel), then make them visible. Returns each group's first offset, per
+    /// topic.
+    fn write_groups(
+        &self,
+        batches: &[(String, Arc<Topic>, BTreeMap<u32, Vec<(usize, Event)>>)],
+    ) -> Result<Vec<Vec<u64>>> {
+        for (_, _, groups) in batches {
+            for group in groups.values() {
+                for (index, event) in group {
+                    let bytes = encoded_len(event);
+                    if bytes > MAX_RECORD_BYTES {
+                        return Err(LogError::RecordTooLarge { index: *index, bytes, limit: MAX_RECORD_BYTES });
+                    }
                 }
             }
         }
-        let mut locked = Vec::with_capacity(groups.len());
-        for (partition, group) in groups {
-            let target = &topic.partitions[*partition as usize];
-            locked.push((target, target.inner.lock().unwrap_or_else(|e| e.into_inner()), group));
+        // (batch, partition) of every group, and the order to lock them in.
+        let mut keys: Vec<(usize, u32)> =
+            batches.iter().enumerate().flat_map(|(b, (_, _, groups))| groups.keys().map(move |p| (b, *p))).collect();
+        let mut lock_order = keys.clone();
+        lock_order.sort_by(|a, b| (&batches[a.0].0, a.1).cmp(&(&batches[b.0].0, b.1)));
+        lock_order.dedup_by(|a, b| batches[a.0].0 == batches[b.0].0 && a.1 == b.1);
+        let mut guards = Vec::with_capacity(lock_order.len());
+        for (b, partition) in &lock_order {
+            let target = &batches[*b].1.partitions[*partition as usize];
+            guards.push((
+                (batches[*b].0.clone(), *partition),
+                target,
+                target.inner.lock().unwrap_or_else(|e| e.into_inner()),
+            ));
         }
-        let mut pending = Vec::with_capacity(locked.len());
-        for (target, log, group) in &mut locked {
+        keys.dedup();
+        let mut pending = Vec::with_capacity(keys.len());
+        let mut written: Vec<usize> = Vec::with_capacity(keys.len());
+        for (b, partition) in &keys {
+            let group = &batches[*b].2[partition];
+            let Some(at) = guards.iter().position(|(k, _, _)| k.0 == batches[*b].0 && k.1 == *partition) else {
+                continue;
+            };
+            let (_, target, log) = &mut guards[at];
             match target.write(log, group, &self.config) {
-                Ok(p) => pending.push(p),
+                Ok(p) => {
+                    pending.push(p);
+                    written.push(at);
+                }
                 Err(e) => {
-                    for ((_, log, _), p) in locked.iter_mut().zip(&pending) {
-                        Partition::undo(log, p);
+                    for (at, p) in written.iter().zip(&pending).rev() {
+                        Partition::undo(&mut guards[*at].2, p);
                     }
                     return Err(e);
                 }
             }
         }
         if self.config.fsync == FsyncPolicy::Always {
-            let synced: Vec<std::io::Result<()>> = if locked.len() == 1 {
-                vec![locked[0].1.writer.sync_data()]
+            let synced: Vec<std::io::Result<()>> = if guards.len() == 1 {
+                vec![guards[0].2.writer.sync_data()]
             } else {
                 std::thread::scope(|scope| {
                     let handles: Vec<_> =
-                        locked.iter().map(|(_, log, _)| scope.spawn(|| log.writer.sync_data())).collect();
+                        guards.iter().map(|(_, _, log)| scope.spawn(|| log.writer.sync_data())).collect();
                     handles
                         .into_iter()
                         .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("sync thread panicked"))))
@@ -428,21 +470,24 @@ impl EmbeddedLog {
                 })
             };
             if let Some(position) = synced.iter().position(Result::is_err) {
-                let path = locked[position].1.segments.last().map(|s| s.path.clone()).unwrap_or_default();
+                let path = guards[position].2.segments.last().map(|s| s.path.clone()).unwrap_or_default();
                 let source = synced
                     .into_iter()
                     .nth(position)
                     .and_then(Result::err)
                     .unwrap_or_else(|| std::io::Error::other("sync failed"));
-                for ((_, log, _), p) in locked.iter_mut().zip(&pending) {
-                    Partition::undo(log, p);
+                for (at, p) in written.iter().zip(&pending).rev() {
+                    Partition::undo(&mut guards[*at].2, p);
                 }
                 return Err(LogError::Io { path, source });
             }
         }
-        let firsts = pending.iter().map(|p| p.first).collect();
-        for ((_, log, _), p) in locked.iter_mut().zip(pending) {
-            Partition::publish(log, p);
+        let mut firsts: Vec<Vec<u64>> = batches.iter().map(|_| Vec::new()).collect();
+        for ((b, _), p) in keys.iter().zip(&pending) {
+            firsts[*b].push(p.first);
+        }
+        for (at, p) in written.into_iter().zip(pending) {
+            Partition::publish(&mut guards[at].2, p);
         }
         Ok(firsts)
     }
@@ -943,6 +988,30 @@ fn decode_body(body: &[u8], topic: &str, partition: u32) -> Result<Event, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Several topics in one append: positions per topic as for one append each, all readable.
+    #[test]
+    fn append_all_writes_every_topic_and_gives_their_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), LogConfig { partitions: 2, ..LogConfig::default() }).unwrap();
+        let event = |key: &str| Event { id: key.into(), key: Some(key.into()), event_type: "T".into(), ..Event::default() };
+        let positions = log
+            .append_all(vec![
+                ("journal".into(), vec![event("j")]),
+                ("out".into(), vec![event("a"), event("a"), event("b")]),
+            ])
+            .unwrap();
+        assert_eq!(positions[0].len(), 1);
+        assert_eq!(positions[1].len(), 3);
+        assert_eq!(positions[1][0].partition, positions[1][1].partition, "one key, one partition");
+        assert_eq!(positions[1][1].offset, positions[1][0].offset + 1);
+        for (topic, list) in [("journal", &positions[0]), ("out", &positions[1])] {
+            for p in list {
+                let read = log.read(topic, p.partition, p.offset, 1 << 10).unwrap();
+                assert_eq!(read[0].position, *p);
+            }
+        }
+    }
 
     fn event(i: u64, key: Option<&str>) -> Event {
         Event {

@@ -182,6 +182,10 @@ impl EventSink for EmbeddedSink {
         Ok(self.0.append(topic, events)?)
     }
 
+    fn append_all(&self, batches: Vec<(String, Vec<Event>)>) -> Result<Vec<Vec<Position>>> {
+        Ok(self.0.append_all(batches)?)
+    }
+
     fn check(&self, topic: &str, event: &Event) -> Result<()> {
         match self.0.check(topic, event) {
             Err(LogError::RecordTooLarge { bytes, limit, .. }) => Err(SourceError::TooLarge(format!(

@@ -139,6 +139,18 @@ impl Turn {
     }
 }
 
+/// `events` grouped by destination topic, topics in order of first appearance.
+fn by_topic(events: Vec<Event>) -> Vec<(String, Vec<Event>)> {
+    let mut groups: Vec<(String, Vec<Event>)> = Vec::new();
+    for event in events {
+        match groups.iter_mut().find(|(t, _)| *t == event.position.topic) {
+            Some((_, list)) => list.push(event),
+            None => groups.push((event.position.topic.clone(), vec![event])),
+        }
+    }
+    groups
+}
+
 /// First and longest wait before retrying the source or the sink.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -639,6 +651,18 @@ impl Ingest {
     fn write_emitted(&self, events: Vec<Event>) -> Vec<Event> {
         let (journal, events): (Vec<Event>, Vec<Event>) =
             events.into_iter().partition(|e| output::is_journal(&e.position.topic));
+        // Usually in one append: journal records written first, all synced together.
+        let mut batches = by_topic(journal.clone());
+        batches.extend(by_topic(events.clone()));
+        match self.sink.append_all(batches) {
+            Ok(_) => return Vec::new(),
+            // Some event is refused: topic by topic, to find it.
+            Err(SourceError::Invalid(_) | SourceError::TooLarge(_)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, events = journal.len() + events.len(), "writing emitted events failed; retrying");
+                return journal.into_iter().chain(events).collect();
+            }
+        }
         if !journal.is_empty() {
             let left = self.write_topics(journal);
             if !left.is_empty() {
@@ -649,15 +673,8 @@ impl Ingest {
     }
 
     fn write_topics(&self, events: Vec<Event>) -> Vec<Event> {
-        let mut by_topic: Vec<(String, Vec<Event>)> = Vec::new();
-        for event in events {
-            match by_topic.iter_mut().find(|(t, _)| *t == event.position.topic) {
-                Some((_, list)) => list.push(event),
-                None => by_topic.push((event.position.topic.clone(), vec![event])),
-            }
-        }
         let mut left = Vec::new();
-        for (topic, list) in by_topic {
+        for (topic, list) in by_topic(events) {
             if !left.is_empty() {
                 left.extend(list);
                 continue;
