@@ -405,10 +405,7 @@ impl EmbeddedLog {
     /// one global order: topic name, then partition), write each in the order given, sync them
     /// together (in parallel), then make them visible. Returns each group's first offset, per
     /// topic.
-    fn write_groups(
-        &self,
-        batches: &[(String, Arc<Topic>, BTreeMap<u32, Vec<(usize, Event)>>)],
-    ) -> Result<Vec<Vec<u64>>> {
+    fn write_groups(&self, batches: &[TopicBatch]) -> Result<Vec<Vec<u64>>> {
         for (_, _, groups) in batches {
             for group in groups.values() {
                 for (index, event) in group {
@@ -515,6 +512,10 @@ impl EmbeddedLog {
         let _ = self.appended.wait_timeout_while(guard, timeout, |n| *n == seen);
     }
 }
+
+/// One topic's part of an append: its name, the topic, and per partition the events (with their
+/// index in the caller's list).
+type TopicBatch = (String, Arc<Topic>, BTreeMap<u32, Vec<(usize, Event)>>);
 
 fn check_topic_name(name: &str) -> Result<()> {
     if weir_core::event::valid_topic_name(name) { Ok(()) } else { Err(LogError::InvalidTopicName(name.to_string())) }
@@ -994,7 +995,8 @@ mod tests {
     fn append_all_writes_every_topic_and_gives_their_positions() {
         let dir = tempfile::tempdir().unwrap();
         let log = EmbeddedLog::open(dir.path(), LogConfig { partitions: 2, ..LogConfig::default() }).unwrap();
-        let event = |key: &str| Event { id: key.into(), key: Some(key.into()), event_type: "T".into(), ..Event::default() };
+        let event =
+            |key: &str| Event { id: key.into(), key: Some(key.into()), event_type: "T".into(), ..Event::default() };
         let positions = log
             .append_all(vec![
                 ("journal".into(), vec![event("j")]),

@@ -503,24 +503,8 @@ impl Ingest {
     /// Every open dead letter of plugin `name`: (partition, offset, the dead letter).
     fn open_dead_letters(&self, name: &str) -> Result<Vec<(u32, u64, Event)>, AdminError> {
         let book = self.pipeline.dead_letters(name).ok_or_else(|| AdminError::NotFound(name.into()))?;
-        let topic = dead_letter_topic(name);
-        let failed = |e: SourceError| AdminError::Failed(format!("reading {topic}: {e}"));
-        let mut open = Vec::new();
-        for (partition, _) in self.sink.ends(&topic).map_err(failed)? {
-            let mut offset = book.purged.get(&partition).copied().unwrap_or(0);
-            loop {
-                let events = self.sink.read(&topic, partition, offset, 1 << 20).map_err(failed)?;
-                let Some(last) = events.last() else { break };
-                offset = last.position.offset + 1;
-                open.extend(
-                    events
-                        .into_iter()
-                        .filter(|e| book.open(partition, e.position.offset))
-                        .map(|e| (partition, e.position.offset, e)),
-                );
-            }
-        }
-        Ok(open)
+        crate::output::open_dead_letters(self.sink.as_ref(), name, book, usize::MAX, None)
+            .map_err(|e| AdminError::Failed(format!("reading {}: {e}", dead_letter_topic(name))))
     }
 
     /// `weir dlq replay`: each open dead letter runs through the current version, in order;

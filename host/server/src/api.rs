@@ -513,37 +513,12 @@ async fn read_dead_letters(
         .sink
         .clone()
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this server has no event store"))?;
-    let topic = crate::output::dead_letter_topic(name);
+    let name = name.to_string();
     tokio::task::spawn_blocking(move || {
-        let failed = |e: weir_core::source::SourceError| {
+        crate::output::open_dead_letters(sink.as_ref(), &name, &book, limit, at).map_err(|e| {
+            let topic = crate::output::dead_letter_topic(&name);
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading {topic}: {e}"))
-        };
-        let mut found = Vec::new();
-        for (partition, _) in sink.ends(&topic).map_err(failed)? {
-            let mut offset = book.purged.get(&partition).copied().unwrap_or(0);
-            if let Some((p, o)) = at {
-                if p != partition {
-                    continue;
-                }
-                offset = offset.max(o);
-            }
-            while found.len() < limit {
-                let events = sink.read(&topic, partition, offset, 1 << 20).map_err(failed)?;
-                let Some(last) = events.last() else { break };
-                offset = last.position.offset + 1;
-                for event in events {
-                    let (p, o) = (partition, event.position.offset);
-                    if at.is_some_and(|at| at != (p, o)) || !book.open(p, o) || found.len() >= limit {
-                        continue;
-                    }
-                    found.push((p, o, event));
-                }
-                if at.is_some() {
-                    break;
-                }
-            }
-        }
-        Ok(found)
+        })
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

@@ -146,6 +146,40 @@ pub fn dead_letter(name: &str, event: &Event, error: &EventError) -> Event {
     dead
 }
 
+/// Plugin `name`'s open dead letters (not purged or resolved in `book`), oldest first per
+/// partition, up to `limit`: (partition, offset, dead letter); with `at`, only the one there.
+pub fn open_dead_letters(
+    sink: &dyn EventSink,
+    name: &str,
+    book: &DeadLetterBook,
+    limit: usize,
+    at: Option<(u32, u64)>,
+) -> Result<Vec<(u32, u64, Event)>, SourceError> {
+    let topic = dead_letter_topic(name);
+    let mut found = Vec::new();
+    for (partition, _) in sink.ends(&topic)? {
+        if at.is_some_and(|(p, _)| p != partition) {
+            continue;
+        }
+        let mut offset = book.purged.get(&partition).copied().unwrap_or(0).max(at.map_or(0, |(_, o)| o));
+        while found.len() < limit {
+            let events = sink.read(&topic, partition, offset, READ_BYTES)?;
+            let Some(last) = events.last() else { break };
+            offset = last.position.offset + 1;
+            for event in events {
+                let o = event.position.offset;
+                if found.len() < limit && book.open(partition, o) && at.is_none_or(|at| at == (partition, o)) {
+                    found.push((partition, o, event));
+                }
+            }
+            if at.is_some() {
+                break;
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// A header's value as text.
 pub fn header<'a>(event: &'a Event, name: &str) -> Option<&'a str> {
     event.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| std::str::from_utf8(v).ok())

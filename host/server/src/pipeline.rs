@@ -184,13 +184,7 @@ impl Slot {
             }
             None => {
                 let name = info.name.clone();
-                let finish = |cause: &Event, n: usize, out| {
-                    let event = emitted_event(&name, cause, n, out);
-                    if let Some(sink) = sink {
-                        sink.check(&event.position.topic, &event).map_err(|e| e.to_string())?;
-                    }
-                    Ok(event)
-                };
+                let finish = |cause: &Event, n: usize, out| emit_checked(&name, sink, cause, n, out);
                 let results = if wanted.iter().any(is_tick) {
                     handle_with_ticks(&mut self.plugin, &wanted, &finish, &mut outcome.emitted, &mut failures)
                 } else {
@@ -466,13 +460,7 @@ impl Pipeline {
                 },
                 None => {
                     let label = slot.plugin.info().name.clone();
-                    let finish = |cause: &Event, n: usize, out| {
-                        let event = emitted_event(&label, cause, n, out);
-                        if let Some(sink) = &sink {
-                            sink.check(&event.position.topic, &event).map_err(|e| e.to_string())?;
-                        }
-                        Ok(event)
-                    };
+                    let finish = |cause: &Event, n: usize, out| emit_checked(&label, sink.as_deref(), cause, n, out);
                     match slot.plugin.handle(batch, &finish).pop() {
                         Some(Ok(out)) => {
                             emitted.extend(out);
@@ -1059,6 +1047,22 @@ fn model_failure(plugin: &Plugin, event: &Event, error: ReadModelError) -> Event
         failure: Failure::InvalidOutput(error.to_string()),
         attempts: 1,
     }
+}
+
+/// The `n`th event plugin `name` emitted for `cause`, as it will be written, checked against the
+/// sink (the runtime's `Finish`).
+fn emit_checked(
+    name: &str,
+    sink: Option<&dyn EventSink>,
+    cause: &Event,
+    n: usize,
+    out: weir_core::event::OutgoingEvent,
+) -> Result<Event, String> {
+    let event = emitted_event(name, cause, n, out);
+    if let Some(sink) = sink {
+        sink.check(&event.position.topic, &event).map_err(|e| e.to_string())?;
+    }
+    Ok(event)
 }
 
 /// The runs of `events` for a journal record: consecutive events of one partition, first and
