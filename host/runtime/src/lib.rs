@@ -295,10 +295,12 @@ impl PluginRuntime {
 
         let mut projection_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut projection_linker).map_err(engine_error)?;
+        sandbox::stop_clock_waits(&mut projection_linker).map_err(engine_error)?;
         bindings::projection::Projection::add_to_linker::<_, HasSelf<_>>(&mut projection_linker, |s| s)
             .map_err(engine_error)?;
         let mut handler_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut handler_linker).map_err(engine_error)?;
+        sandbox::stop_clock_waits(&mut handler_linker).map_err(engine_error)?;
         bindings::handler::Handler::add_to_linker::<_, HasSelf<_>>(&mut handler_linker, |s| s).map_err(engine_error)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));

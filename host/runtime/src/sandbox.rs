@@ -468,6 +468,47 @@ impl PluginStore {
     }
 }
 
+/// What a plugin's wait on the monotonic clock (`subscribe-duration`, `subscribe-instant`: what
+/// `std::thread::sleep` and `poll` with a timeout use) gets instead of WASI's real-time sleep: a
+/// pollable that is ready at once. The sandbox's clocks stand still, so any wait is over as soon
+/// as it starts; a plugin cannot hold the ingest thread (where the CPU budget's epoch interrupt
+/// does not reach, inside a host call) by sleeping.
+pub(crate) fn stop_clock_waits(linker: &mut wasmtime::component::Linker<PluginStore>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::{DynPollable, subscribe};
+    fn elapsed(store: &mut PluginStore) -> wasmtime::Result<(Resource<DynPollable>,)> {
+        let resource = store.resources.push(Elapsed)?;
+        Ok((subscribe(&mut store.resources, resource)?,))
+    }
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap("subscribe-duration", |mut store: wasmtime::StoreContextMut<'_, PluginStore>, (_,): (u64,)| {
+        elapsed(store.data_mut())
+    })?;
+    clock.func_wrap("subscribe-instant", |mut store: wasmtime::StoreContextMut<'_, PluginStore>, (_,): (u64,)| {
+        elapsed(store.data_mut())
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The monotonic clock interface as wasmtime-wasi defines it (plugins' imports of any 0.2 version
+/// resolve to it).
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// A pollable that is always ready.
+struct Elapsed;
+
+impl wasmtime_wasi::p2::Pollable for Elapsed {
+    fn ready<'a, 'b>(&'a mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(std::future::ready(()))
+    }
+}
+
 /// A wall and monotonic clock fixed at zero.
 struct StoppedClock;
 

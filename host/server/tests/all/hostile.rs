@@ -71,6 +71,19 @@ fn infinite_loop_is_stopped_by_the_cpu_budget() {
     assert!(plugin.instances_started() >= 2, "the trapped instance is replaced");
 }
 
+/// `std::thread::sleep(60 s)` in a plugin: the sandbox's clock stands still, so a sleep ends at
+/// once (before, the batch call, and with it the ingest thread and shutdown, waited a minute).
+#[test]
+fn a_plugin_that_sleeps_does_not_hold_the_host() {
+    let runtime = runtime();
+    let mut plugin = load(&runtime, "sleeper");
+    let started = std::time::Instant::now();
+    let outcomes = plugin.apply(&batch_with(6, &[(3, "Misbehave")]));
+    let waited = started.elapsed();
+    assert!(waited < std::time::Duration::from_secs(10), "the batch waited {waited:?} for the plugin's sleep");
+    assert_eq!(counts(&outcomes), [1, 2, 3, 4, 5, 6], "{outcomes:?}");
+}
+
 #[test]
 fn memory_bomb_hits_the_memory_cap() {
     let (failure, _) = misbehaves_at_3("memory-bomb", "Misbehave");
@@ -158,6 +171,7 @@ fn every_fixture_has_a_test() {
         "panic",
         "relay",
         "sandbox-probe",
+        "sleeper",
         "tally",
         "tally-wide",
         "typed-columns",
