@@ -101,6 +101,16 @@ pub enum LogError {
         /// The topic that exists.
         existing: String,
     },
+    /// Creating the topic would pass `[log] max_topics`.
+    #[error(
+        "topic {name} does not exist and the embedded log holds {limit} topics already, its limit ([log] max_topics)"
+    )]
+    TooManyTopics {
+        /// The topic.
+        name: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The topic name cannot be a directory name.
     #[error("invalid topic name {0:?}: use 1 to 249 characters of a-z, A-Z, 0-9, '.', '_', '-'")]
     InvalidTopicName(String),
@@ -155,6 +165,9 @@ pub struct LogConfig {
     pub fsync: FsyncPolicy,
     /// Per-topic settings, by topic name.
     pub topics: BTreeMap<String, TopicConfig>,
+    /// Topics the log holds at most; writing to a new topic past it is refused (each partition
+    /// keeps a file open).
+    pub max_topics: usize,
 }
 
 impl Default for LogConfig {
@@ -166,6 +179,7 @@ impl Default for LogConfig {
             retention_hours: None,
             fsync: FsyncPolicy::Always,
             topics: BTreeMap::new(),
+            max_topics: 1_000,
         }
     }
 }
@@ -236,7 +250,6 @@ struct Pending {
 struct Segment {
     base: u64,
     path: PathBuf,
-    file: Arc<File>,
     len: u64,
     /// (offset, byte) pairs, ascending; the first is (base, 0).
     index: Vec<(u64, u64)>,
@@ -298,6 +311,9 @@ impl EmbeddedLog {
         // On a case-insensitive file system both names would be one directory.
         if let Some(existing) = topics.keys().find(|t| t.eq_ignore_ascii_case(name)) {
             return Err(LogError::TopicCaseClash { name: name.to_string(), existing: existing.clone() });
+        }
+        if topics.len() >= self.config.max_topics {
+            return Err(LogError::TooManyTopics { name: name.to_string(), limit: self.config.max_topics });
         }
         let count = self.config.topics.get(name).map_or(self.config.partitions, |t| t.partitions).max(1);
         let dir = self.dir.join(name);
@@ -660,8 +676,7 @@ impl Partition {
         log.writer.sync_data().map_err(io(&path))?;
         let writer = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
         sync_dir(&self.dir)?;
-        let file = Arc::new(File::open(&path).map_err(io(&path))?);
-        log.segments.push(Segment { base: log.next_offset, path, file, len: 0, index: vec![(log.next_offset, 0)] });
+        log.segments.push(Segment { base: log.next_offset, path, len: 0, index: vec![(log.next_offset, 0)] });
         log.writer = writer;
         let max_age = config.retention_hours.map(|h| Duration::from_secs(h * 3600));
         loop {
@@ -691,7 +706,7 @@ impl Partition {
     }
 
     fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Event>> {
-        let (file, path, mut byte, end_byte) = {
+        let (path, mut byte, end_byte) = {
             let log = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             let start = log.segments[0].base;
             if offset < start || offset > log.next_offset {
@@ -710,7 +725,24 @@ impl Partition {
             let segment = &log.segments[at];
             let entry = segment.index.partition_point(|(o, _)| *o <= offset).saturating_sub(1);
             let byte = segment.index.get(entry).map_or(0, |(_, b)| *b);
-            (segment.file.clone(), segment.path.clone(), byte, segment.len)
+            (segment.path.clone(), byte, segment.len)
+        };
+        // Opened for this read only: a log of many partitions and segments holds one file
+        // descriptor per partition (its writer), not one per segment.
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            // Retention removed the segment since: the offset is no longer there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let log = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                return Err(LogError::OffsetOutOfRange {
+                    topic: self.topic.clone(),
+                    partition: self.id,
+                    offset,
+                    start: log.segments[0].base,
+                    end: log.next_offset,
+                });
+            }
+            Err(e) => return Err(io(&path)(e)),
         };
         let mut events = Vec::new();
         let mut used = 0usize;
@@ -841,15 +873,16 @@ impl Segment {
             file.set_len(at as u64).map_err(io(path))?;
             file.sync_all().map_err(io(path))?;
         }
-        Ok(Segment { base, path: path.to_owned(), file: Arc::new(file), len: at as u64, index })
+        Ok(Segment { base, path: path.to_owned(), len: at as u64, index })
     }
 
     fn end_offset(&self) -> Result<u64> {
         // Count the frames after the last index entry.
         let (mut offset, mut byte) = self.index.last().copied().unwrap_or((self.base, 0));
         let mut header = [0u8; FRAME_HEADER];
+        let file = File::open(&self.path).map_err(io(&self.path))?;
         while byte < self.len {
-            self.file.read_exact_at(&mut header, byte).map_err(io(&self.path))?;
+            file.read_exact_at(&mut header, byte).map_err(io(&self.path))?;
             let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
             byte += FRAME_HEADER as u64 + len;
             offset += 1;

@@ -12,7 +12,9 @@ use crate::{EmbeddedLog, LogError};
 impl From<LogError> for SourceError {
     fn from(e: LogError) -> Self {
         match e {
-            LogError::InvalidTopicName(_) | LogError::TopicCaseClash { .. } => SourceError::Invalid(e.to_string()),
+            LogError::InvalidTopicName(_) | LogError::TopicCaseClash { .. } | LogError::TooManyTopics { .. } => {
+                SourceError::Invalid(e.to_string())
+            }
             LogError::RecordTooLarge { .. } => SourceError::TooLarge(e.to_string()),
             other => SourceError::Log(Box::new(other)),
         }

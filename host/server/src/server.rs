@@ -62,6 +62,7 @@ impl Host {
             )
         })?;
 
+        raise_open_files_limit();
         let token = AdminToken::load(config.server.token.as_deref(), data_dir)?;
         let runtime = Arc::new(PluginRuntime::new(config.limits.clone(), Some(&data_dir.join("wasm-cache")))?);
         let catalog = Arc::new(Catalog::default());
@@ -349,6 +350,20 @@ fn refuse_positions_past_the_end(pipeline: &Pipeline, log: &EmbeddedLog) -> anyh
         "{}: the log lost events it had acknowledged after the last checkpoint (a crash with fsync = \"never\", or a damaged disk). weir does not start: reading on would skip the events written at those offsets next. Restore the log, or remove the checkpoints to rebuild from what the log holds",
         problems.join("; ")
     )
+}
+
+/// Raise the soft limit of open files to the hard one: each partition of the embedded log keeps
+/// its active segment open, and the usual soft limit (1,024) is reached at ~250 partitions.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(from = ?limit.current, to = ?limit.maximum, "raised the open files limit"),
+            Err(e) => tracing::warn!(error = %e, soft = ?limit.current, "cannot raise the open files limit"),
+        }
+    }
 }
 
 /// Fail when another process holds `data_dir`'s lock (a running host).

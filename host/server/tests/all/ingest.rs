@@ -425,3 +425,36 @@ fn a_corrupt_latest_checkpoint_is_set_aside_and_the_previous_one_restored() {
         "the corrupt checkpoint was not set aside"
     );
 }
+
+/// 150 topics of 4 partitions in the embedded log of a host started with the usual soft limit of
+/// open files lowered to 256: before, every segment of every partition held a file open for
+/// reading beside its writer, and past the limit appends and checkpoints failed. Past
+/// `[log] max_topics`, a new topic is refused with a message naming the setting.
+#[test]
+fn many_topics_do_not_exhaust_open_files_and_topic_creation_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[("orders", "")], "[log]\nmax_topics = 151\n");
+    let weir =
+        WeirProcess::start_with_open_files(256, &[OsStr::new("serve"), OsStr::new("--config"), config.as_os_str()]);
+    let events = OrderStream::take_events(3, 10, 40);
+    for n in 0..150 {
+        let (code, body) = weir.post(&format!("/v1/topics/t{n}/events"), &envelope_lines(&events[..1]));
+        assert_eq!(code, 200, "topic t{n}: {body}");
+    }
+    let (code, body) = weir.post("/v1/topics/one-too-many/events", &envelope_lines(&events[..1]));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("[log] max_topics") && body.contains("151"), "{body}");
+    // The host still works: events flow and checkpoints are written.
+    assert_eq!(weir.post("/v1/topics/orders/events", &envelope_lines(&events)).0, 200);
+    weir.wait_caught_up(40);
+    let before = weir.status()["checkpoint"]["seq"].as_u64().unwrap_or(0);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(weir.post("/v1/topics/orders/events", &envelope_lines(&events)).0, 200);
+    weir.wait_caught_up(80);
+    let started = std::time::Instant::now();
+    while weir.status()["checkpoint"]["seq"].as_u64().unwrap_or(0) <= before {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "no checkpoint was written");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(weir.terminate().success());
+}

@@ -104,9 +104,25 @@ pub struct WeirProcess {
 impl WeirProcess {
     /// Start `weir ARGS` in the repository root and wait until it says where it serves.
     pub fn start(args: &[&std::ffi::OsStr]) -> WeirProcess {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+        command.args(args);
+        WeirProcess::start_command(command)
+    }
+
+    /// `weir ARGS` started with a soft limit of `files` open files (the hard limit as it is).
+    pub fn start_with_open_files(files: u32, args: &[&std::ffi::OsStr]) -> WeirProcess {
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -Sn {files} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_weir"))
+            .args(args);
+        WeirProcess::start_command(command)
+    }
+
+    fn start_command(mut command: std::process::Command) -> WeirProcess {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(args)
+        let mut child = command
             .current_dir(repo())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
