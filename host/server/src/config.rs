@@ -219,7 +219,9 @@ impl Config {
             self.server.flight = optional_address("WEIR_FLIGHT", &value)?;
         }
         if let Some(value) = var("WEIR_DATA_DIR") {
-            self.server.data_dir = PathBuf::from(value);
+            // Relative to where weir runs, made absolute (the compiled-plugin cache needs it).
+            let dir = PathBuf::from(value);
+            self.server.data_dir = std::path::absolute(&dir).unwrap_or(dir);
         }
         if let Some(value) = var("WEIR_TOKEN").filter(|v| !v.trim().is_empty()) {
             self.server.token = Some(value);
@@ -260,8 +262,11 @@ mod tests {
         assert_eq!(config.plugins[0].path, expected);
         // A file named without a directory anchors at the working directory, as an absolute path
         // (the compiled-plugin cache under the data directory must be absolute).
-        let config = Config::parse(Path::new("weir.toml"), "[server]\ndata_dir = \"data\"\n").unwrap();
+        let mut config = Config::parse(Path::new("weir.toml"), "[server]\ndata_dir = \"data\"\n").unwrap();
         assert_eq!(config.server.data_dir, std::env::current_dir().unwrap().join("data"));
+        // So is one from the environment.
+        config.apply_env(|name| (name == "WEIR_DATA_DIR").then(|| "rel/data".to_string())).unwrap();
+        assert_eq!(config.server.data_dir, std::env::current_dir().unwrap().join("rel/data"));
     }
 
     #[test]

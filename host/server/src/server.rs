@@ -50,7 +50,10 @@ pub struct Host {
 impl Host {
     /// Build, load and restore everything `config` names, and start ingesting.
     pub fn start(config: &Config) -> anyhow::Result<Host> {
-        let data_dir = &config.server.data_dir;
+        // Absolute: the compiled-plugin cache refuses a relative directory (`weir demo
+        // --data-dir rel`, a config built in code).
+        let data_dir = &std::path::absolute(&config.server.data_dir)
+            .with_context(|| format!("data directory {}", config.server.data_dir.display()))?;
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
         let lock_path = data_dir.join("weir.lock");
         let lock = std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
