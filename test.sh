@@ -35,10 +35,13 @@ apt_install() {
 begin "adding the wasm32-wasip2 target" "install rustup (https://rustup.rs) and check that 'rustup target add wasm32-wasip2' works"
 rustup target add wasm32-wasip2
 
-# Debian tools: psql (the Postgres wire tests talk to weir with the real client) and shellcheck.
+# Debian tools: psql (the Postgres wire tests talk to weir with the real client), shellcheck, and
+# a headless browser with its WebDriver (the dashboard test drives Chromium through chromedriver).
 missing=()
 command -v psql >/dev/null || missing+=(postgresql-client)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing ${missing[*]} (Debian packages)"
     begin "installing ${missing[*]} with apt" "run 'apt-get update' (as root) and try again, or install ${missing[*]} yourself"
@@ -84,11 +87,12 @@ fi
 export WEIR_MOTO
 
 # The SQL front ends are tested with the clients users have (issue 16): psycopg 3, SQLAlchemy,
-# asyncpg and the ADBC Flight SQL driver (with pyarrow), pinned, in one virtualenv.
+# asyncpg and the ADBC Flight SQL driver (with pyarrow); `/metrics` with the reference Prometheus
+# parser (prometheus-client); the dashboard with Selenium (issue 15). Pinned, in one virtualenv.
 clients=("psycopg[binary]==3.3.9" "sqlalchemy==2.1.9" "asyncpg==0.32.0" "adbc-driver-flightsql==1.13.0"
-    "adbc-driver-manager==1.13.0" "pyarrow==26.0.1")
+    "adbc-driver-manager==1.13.0" "pyarrow==26.0.1" "prometheus-client==0.26.0" "selenium==4.51.0")
 WEIR_CLIENTS_PYTHON="$tools/clients-venv/bin/python"
-if ! "$WEIR_CLIENTS_PYTHON" -c "import psycopg, sqlalchemy, asyncpg, adbc_driver_flightsql, pyarrow" 2>/dev/null; then
+if ! "$WEIR_CLIENTS_PYTHON" -c "import psycopg, sqlalchemy, asyncpg, adbc_driver_flightsql, pyarrow, prometheus_client, selenium" 2>/dev/null; then
     venv_install "$tools/clients-venv" "${clients[@]}"
 fi
 export WEIR_CLIENTS_PYTHON

@@ -48,7 +48,7 @@ struct Args {
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
     /// Run only these scenarios (comma-separated: wasm_vs_native, kafka, readmodel, results, log,
-    /// e2e, lifecycle, handler).
+    /// e2e, lifecycle, handler, metrics).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -711,6 +711,81 @@ fn end_to_end_embedded(events: usize, repeats: usize) -> anyhow::Result<Figure> 
     })
 }
 
+/// What metrics cost: the end-to-end run of [`end_to_end_embedded`] with metrics on (every
+/// plugin's work counted per partition, its batches timed, and `/metrics` rendered every second
+/// as a Prometheus scrape would) and off (`[server] metrics = false`: totals only), alternating,
+/// `repeats` each.
+fn metrics_cost(events: usize, repeats: usize) -> anyhow::Result<Vec<Figure>> {
+    let wasm = weir_host::build::build_plugin(&weir_host::demo::plugins_dir().join("orders"))?;
+    let sample = weir_host::sample::OrderStream::take_events(42, 1_000, events);
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut scrapes = 0;
+    for _ in 0..repeats {
+        for (mode, metered) in [true, false].into_iter().enumerate() {
+            let (dir, mut config) = host_config("metrics", &wasm);
+            config.server.metrics = metered;
+            let host = weir_host::server::Host::start(&config)?;
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let scraper = metered.then(|| {
+                let (status, sql, done) = (host.status.clone(), host.sql.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut rendered = 0;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        let status = status.read().unwrap_or_else(|e| e.into_inner()).clone();
+                        let scrape = weir_host::metrics::Scrape {
+                            status,
+                            tables: sql.catalog().tables(),
+                            sql: sql.stats().snapshot(),
+                            now_ms: weir_host::registry::now_ms(),
+                        };
+                        std::hint::black_box(weir_host::metrics::render(scrape));
+                        rendered += 1;
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    }
+                    rendered
+                })
+            });
+            let started = Instant::now();
+            for chunk in sample.chunks(10_000) {
+                host.sink.append("orders", chunk.to_vec())?;
+            }
+            anyhow::ensure!(host.wait_caught_up(events as u64, std::time::Duration::from_secs(600)), "never caught up");
+            rates[mode].push(events as f64 / started.elapsed().as_secs_f64());
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(scraper) = scraper {
+                scrapes += scraper.join().unwrap_or(0);
+            }
+            host.shutdown();
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let [on, off] = rates.map(Rate::of);
+    let figure = |metric: String, r: &Rate| Figure {
+        scenario: "metrics",
+        metric,
+        unit: "events/s",
+        median: r.median,
+        low: r.min,
+        high: r.max,
+        spread: "min–max",
+        goal: "",
+    };
+    Ok(vec![
+        figure(format!("{events} events, metrics on ({scrapes} scrapes in all)"), &on),
+        figure(format!("{events} events, metrics off"), &off),
+        Figure {
+            scenario: "metrics",
+            metric: "metrics on / off (medians)".into(),
+            unit: "ratio",
+            median: on.median / off.median,
+            low: on.min / off.max,
+            high: on.max / off.min,
+            spread: "worst–best",
+            goal: "",
+        },
+    ])
+}
+
 /// A handler with state on the embedded log: `high-value-orders` with threshold 0, so every
 /// `OrderPlaced` (a third of the stream) is flagged with the customer's running count (a state
 /// read and write) and emitted to `order-alerts`. `events` written in batches of 10,000; timed
@@ -1144,6 +1219,9 @@ fn main() -> anyhow::Result<()> {
     }
     if run("handler") {
         figures.extend(handler(events, repeats)?);
+    }
+    if run("metrics") {
+        figures.extend(metrics_cost(events, repeats)?);
     }
     if run("e2e") {
         figures.push(end_to_end_embedded(events, repeats)?);

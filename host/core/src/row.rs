@@ -197,6 +197,16 @@ impl RowChanges {
         Ok(RowChanges(changes))
     }
 
+    /// How many changes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The changes, in the order the plugin made them.
     pub fn into_vec(self) -> Vec<RowChange> {
         self.0

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Cache, CacheConfig, Config, Engine, Store, Trap};
@@ -400,6 +400,8 @@ impl PluginRuntime {
             logs: SharedLogs::default(),
             component,
             stop_at_failure: false,
+            busy: Duration::ZERO,
+            longest_call: Duration::ZERO,
         };
         let info = plugin.describe().map_err(|message| LoadError::Describe { path: path.clone(), message })?;
         validate_info(&info).map_err(|problem| LoadError::Describe {
@@ -458,6 +460,10 @@ pub struct Plugin {
     logs: SharedLogs,
     component: String,
     stop_at_failure: bool,
+    /// Time spent in calls into the plugin.
+    busy: Duration,
+    /// The longest call since [`Plugin::take_longest_call`] last asked.
+    longest_call: Duration,
 }
 
 /// The header on a timer's event naming the timer.
@@ -504,6 +510,22 @@ impl Plugin {
     /// How many instances have been started (1 + the number of recoveries after a trap).
     pub fn instances_started(&self) -> u64 {
         self.instances_started
+    }
+
+    /// Bytes of linear memory its live instance holds (0 while none is live).
+    pub fn memory_bytes(&self) -> u64 {
+        self.live.as_ref().map_or(0, |l| l.store.data().limits.memory_bytes as u64)
+    }
+
+    /// Time spent in calls into it since it was loaded.
+    pub fn busy(&self) -> Duration {
+        self.busy
+    }
+
+    /// The longest call into it since the last time this was asked, and the CPU budget a call
+    /// has: a call that reaches the budget is stopped.
+    pub fn take_longest_call(&mut self) -> (Duration, Duration) {
+        (std::mem::take(&mut self.longest_call), Duration::from_millis(self.limits.cpu_ms_per_batch))
     }
 
     /// SHA-256 of the component's bytes, hex: what the host stores versions by.
@@ -776,8 +798,12 @@ impl Plugin {
         let live = self.live()?;
         live.store.set_epoch_deadline(ticks);
         live.store.data_mut().start_call();
+        let started = Instant::now();
         let outcome = call(live, events);
+        let elapsed = started.elapsed();
         live.store.data_mut().end_call();
+        self.busy += elapsed;
+        self.longest_call = self.longest_call.max(elapsed);
         let outputs = outcome.map_err(|e| self.trap_failure(e))?;
         if outputs.len() != events.len() {
             return Err(Failure::InvalidOutput(format!(

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -268,7 +268,7 @@ pub type SharedLogs = Arc<std::sync::Mutex<LogRing>>;
 pub(crate) struct PluginStore {
     wasi: WasiCtx,
     resources: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: MeteredLimits,
     pub(crate) state: KeyedState,
     pub(crate) output: MemoryOutputPipe,
     params: Arc<BTreeMap<String, String>>,
@@ -309,6 +309,7 @@ impl PluginStore {
             .tables(64)
             .memories(4)
             .build();
+        let limits = MeteredLimits { caps: limits, memory_bytes: 0 };
         PluginStore {
             wasi,
             resources: ResourceTable::new(),
@@ -336,6 +337,47 @@ impl PluginStore {
         if self.logs_this_call > MAX_LOGS_PER_CALL {
             tracing::warn!(plugin = %self.label, dropped = self.logs_this_call - MAX_LOGS_PER_CALL, "plugin log lines dropped");
         }
+    }
+}
+
+/// The store's caps, counting the linear memory the instance holds as it grows.
+pub(crate) struct MeteredLimits {
+    caps: StoreLimits,
+    /// Bytes of linear memory over the instance's memories.
+    pub(crate) memory_bytes: usize,
+}
+
+impl ResourceLimiter for MeteredLimits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.caps.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory_bytes = self.memory_bytes.saturating_add(desired.saturating_sub(current));
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.caps.memory_grow_failed(error)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.caps.table_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.caps.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.caps.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.caps.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.caps.memories()
     }
 }
 

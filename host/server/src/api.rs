@@ -1,7 +1,8 @@
 //! The HTTP API (axum): the only module that knows axum exists.
 //!
-//! Routes: `GET /` (dashboard), `GET /healthz`, `GET /v1/status` (source, plugins, lag per
-//! partition, last checkpoint), `GET /v1/plugins`, `GET /v1/tables`, `POST /v1/sql`
+//! Routes: `GET /` (the dashboard; its script and styles under `/dashboard/`), `GET /healthz`,
+//! `GET /metrics` (Prometheus), `GET /v1/status` (source, plugins, lag per partition, last
+//! checkpoint), `GET /v1/live` (the status and tables as server-sent events), `GET /v1/plugins`, `GET /v1/tables`, `POST /v1/sql`
 //! (`{"sql": "..."}`; JSON rows by default, CSV for `Accept: text/csv`, an Arrow IPC stream for
 //! `Accept: application/vnd.apache.arrow.stream`), `POST /v1/topics/{topic}/events` (one event,
 //! a JSON array or JSON lines; `?type=T&key=FIELD` for bare payloads; answers the positions). Every error is one JSON shape,
@@ -42,6 +43,7 @@ use weir_core::source::{EventSink, SourceError};
 use weir_runtime::{Plugin, PluginRuntime, content_hash};
 
 use weir_sql::query::{Encoding, QueryError, SqlEngine, TableInfo, encode_stream};
+use weir_sql::stats::FrontEnd;
 
 /// The largest body `POST /v1/topics/{topic}/events` accepts.
 const MAX_PRODUCE_BYTES: usize = 256 << 20;
@@ -122,8 +124,11 @@ impl IntoResponse for ApiError {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/", get(|| async { Html(include_str!("../../../dashboard/index.html")) }))
+        .route("/dashboard/{asset}", get(dashboard_asset))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/live", get(live))
         .route("/v1/plugins", get(plugins).post(deploy).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)))
         .route("/v1/plugins/{name}", get(plugin_detail).delete(remove))
         .route("/v1/plugins/{name}/versions", get(versions))
@@ -169,7 +174,7 @@ async fn guard(State(state): State<Arc<ApiState>>, request: Request, next: Next)
             return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
         }
     }
-    let open = path == "/healthz" || path == "/";
+    let open = path == "/healthz" || path == "/" || path.starts_with("/dashboard/");
     if let Some(token) = &state.token
         && !open
         && (mutating || state.reads_need_token)
@@ -573,6 +578,85 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Status> {
     Json(read_status(&state))
 }
 
+/// The dashboard's script and style sheet, compiled into the binary (the page works offline).
+async fn dashboard_asset(Path(asset): Path<String>) -> Result<Response, ApiError> {
+    let (media_type, body) = match asset.as_str() {
+        "app.js" => ("text/javascript; charset=utf-8", include_str!("../../../dashboard/app.js")),
+        "style.css" => ("text/css; charset=utf-8", include_str!("../../../dashboard/style.css")),
+        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, format!("the dashboard has no file {asset}"))),
+    };
+    Ok(([(header::CONTENT_TYPE, media_type), (header::CACHE_CONTROL, "no-cache")], body).into_response())
+}
+
+/// `GET /metrics`: the Prometheus exposition.
+async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+    let status = read_status(&state);
+    if !status.metered {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "metrics are off in this host (`[server] metrics = false` in its config)",
+        ));
+    }
+    let scrape = crate::metrics::Scrape {
+        status,
+        tables: state.sql.catalog().tables(),
+        sql: state.sql.stats().snapshot(),
+        now_ms: now_ms(),
+    };
+    let text = crate::metrics::render(scrape);
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+}
+
+/// What `GET /v1/live` sends every interval: the status and the tables.
+#[derive(serde::Serialize)]
+struct LiveView {
+    /// Milliseconds since the Unix epoch.
+    time_ms: u64,
+    status: Status,
+    tables: Vec<TableInfo>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiveQuery {
+    /// Milliseconds between two updates (default 1000, at least 100).
+    interval_ms: Option<u64>,
+}
+
+/// `GET /v1/live`: server-sent events, one `status` event (a [`LiveView`] as JSON) at once and
+/// then every interval, until the client goes or the server stops.
+async fn live(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<LiveQuery>,
+    closing: Option<axum::Extension<tokio::sync::watch::Receiver<bool>>>,
+) -> impl IntoResponse {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let every = std::time::Duration::from_millis(query.interval_ms.unwrap_or(1000).max(100));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let closing = closing.map(|c| c.0);
+    let updates = futures::stream::unfold((state, ticks, closing), |(state, mut ticks, mut closing)| async move {
+        match &mut closing {
+            Some(closing) => {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = closing.wait_for(|closed| *closed) => return None,
+                }
+            }
+            None => {
+                ticks.tick().await;
+            }
+        }
+        let view = LiveView { time_ms: now_ms(), status: read_status(&state), tables: state.sql.catalog().tables() };
+        let event = Event::default()
+            .event("status")
+            .json_data(&view)
+            .unwrap_or_else(|e| Event::default().comment(e.to_string()));
+        Some((Ok::<_, std::convert::Infallible>(event), (state, ticks, closing)))
+    });
+    Sse::new(updates).keep_alive(KeepAlive::default())
+}
+
 async fn plugins(State(state): State<Arc<ApiState>>) -> Json<Vec<PluginStatus>> {
     Json(read_status(&state).plugins)
 }
@@ -645,7 +729,9 @@ async fn sql(
     };
     // The body streams batch by batch as the query computes them; an error after the first
     // batch cuts it off (the client sees an incomplete body, never a wrong one).
-    let rows = state.sql.stream(&request.sql).await.map_err(query_error)?;
+    let started = std::time::Instant::now();
+    let rows = state.sql.stream(&request.sql).await;
+    let rows = state.sql.stats().timed(FrontEnd::Http, started, rows).map_err(query_error)?;
     let body = encode_stream(rows, encoding).await.map_err(query_error)?;
     Ok(([(header::CONTENT_TYPE, encoding.media_type())], Body::from_stream(body)).into_response())
 }
@@ -660,5 +746,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     bound(listener.local_addr()?);
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    // Live streams (`/v1/live`) end when the server stops, or graceful shutdown would wait on them.
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = closing.send(true);
+    };
+    axum::serve(listener, router(state).layer(axum::Extension(closed))).with_graceful_shutdown(shutdown).await
 }

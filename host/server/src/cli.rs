@@ -19,6 +19,7 @@ use weir_host::server::Host;
 use weir_host::status::{AdminOutcome, LogLine, PluginDetail, PluginStatus, RebuildStatus, Status, VersionRecord};
 use weir_runtime::PluginKind;
 use weir_runtime::PluginRuntime;
+use weir_sql::query::TableInfo;
 
 /// How often `--wait` asks a host how its rebuild is doing.
 const REBUILD_POLL: Duration = Duration::from_millis(200);
@@ -105,13 +106,19 @@ enum Command {
         #[command(flatten)]
         host: HostArgs,
     },
-    /// Show a running host's source, plugins, lag per partition and last checkpoint.
+    /// Show a running host's source, plugins, lag per partition, tables and last checkpoint.
     Status {
         #[command(flatten)]
         host: HostArgs,
         /// Print the raw JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Refresh every SECONDS (default 2) with rates (events per second), until interrupted.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
+        /// With --watch: stop after this many screens.
+        #[arg(long, requires = "watch", value_name = "N")]
+        times: Option<u64>,
     },
     /// Ask a running host a SQL question about its read models.
     Sql {
@@ -383,7 +390,10 @@ pub fn run() -> anyhow::Result<()> {
             serve(&tokio_runtime()?, listeners, host)
         }
         Command::Produce { topic, file, event_type, key, host } => run_produce(&topic, file, event_type, key, &host),
-        Command::Status { host, json } => run_status(&host, json),
+        Command::Status { host, json, watch, times } => match watch {
+            Some(seconds) => watch_status(&host, seconds, times),
+            None => run_status(&host, json),
+        },
         Command::Dlq { command } => run_dlq(command),
         Command::Dev { dir, host, name, params } => run_dev(&dir, &host, name.as_deref(), &params),
     }
@@ -774,38 +784,149 @@ fn run_status(host: &HostArgs, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let status: Status = decode(&bytes, "/v1/status")?;
-    say(format!("source: {}", status.source));
+    let tables: Vec<TableInfo> = client.get_json("/v1/tables")?;
+    say(status_screen(&status, &tables, None, now_ms()));
+    Ok(())
+}
+
+/// `weir status --watch`: the status again every `seconds`, with rates over the interval.
+fn watch_status(host: &HostArgs, seconds: f64, times: Option<u64>) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    if !(seconds.is_finite() && seconds >= 0.1) {
+        anyhow::bail!("--watch takes a number of seconds of at least 0.1, not {seconds}");
+    }
+    let client = AdminClient::new(host);
+    let clear = std::io::stdout().is_terminal();
+    let mut previous: Option<(u64, Status)> = None;
+    let mut shown = 0;
+    loop {
+        let status: Status = client.get_json("/v1/status")?;
+        let tables: Vec<TableInfo> = client.get_json("/v1/tables")?;
+        let now = now_ms();
+        let screen = status_screen(&status, &tables, previous.as_ref().map(|(t, s)| (*t, s)), now);
+        if clear {
+            // Home and clear, then the screen.
+            say(format!("\x1b[H\x1b[2J{screen}"));
+        } else {
+            say(format!("--- {} ---\n{screen}", clock_time(now)));
+        }
+        shown += 1;
+        if times.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+        previous = Some((now, status));
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+    }
+}
+
+/// `HH:MM:SS` (UTC) of a time in milliseconds since the Unix epoch.
+fn clock_time(ms: u64) -> String {
+    let seconds = ms / 1000;
+    format!("{:02}:{:02}:{:02} UTC", seconds / 3600 % 24, seconds / 60 % 60, seconds % 60)
+}
+
+/// Bytes for people: `512 B`, `3.2 MiB`.
+fn human_bytes(bytes: u64) -> String {
+    let mut value = bytes as f64;
+    for unit in ["B", "KiB", "MiB", "GiB"] {
+        if value < 1024.0 || unit == "GiB" {
+            return if unit == "B" { format!("{bytes} B") } else { format!("{value:.1} {unit}") };
+        }
+        value /= 1024.0;
+    }
+    format!("{bytes} B")
+}
+
+/// The status as `weir status` prints it; with the previous status (and when it was read),
+/// events per second since then.
+fn status_screen(status: &Status, tables: &[TableInfo], previous: Option<(u64, &Status)>, now: u64) -> String {
+    let mut out = format!("source: {}", status.source);
     if let Some(error) = &status.source_error {
-        say(format!("source error: {error}"));
+        out += &format!("\nsource error: {error}");
     }
-    say(format!("events read: {}", status.events_read));
-    match &status.checkpoint {
-        Some(c) => say(format!(
-            "last checkpoint: #{} ({} rows, {} bytes, written in {} ms)",
-            c.seq, c.rows, c.bytes, c.write_ms
-        )),
-        None => say("last checkpoint: none yet"),
-    }
+    let elapsed = previous.map(|(then, _)| now.saturating_sub(then) as f64 / 1000.0).filter(|s| *s > 0.0);
+    let rate = |now_count: u64, before: Option<u64>| match (elapsed, before) {
+        (Some(seconds), Some(before)) => format!("{:.0}", now_count.saturating_sub(before) as f64 / seconds),
+        _ => "-".to_string(),
+    };
+    out += &format!(
+        "\nevents read: {}{}",
+        thousands(status.events_read),
+        match elapsed {
+            Some(_) => format!(" ({}/s)", rate(status.events_read, previous.map(|(_, s)| s.events_read))),
+            None => String::new(),
+        }
+    );
+    out += &match &status.checkpoint {
+        Some(c) => format!(
+            "\nlast checkpoint: #{} ({} rows, {}, written in {} ms{})",
+            c.seq,
+            thousands(c.rows as u64),
+            human_bytes(c.bytes),
+            c.write_ms,
+            if c.written_ms > 0 {
+                format!(", {} s ago", now.saturating_sub(c.written_ms) / 1000)
+            } else {
+                String::new()
+            }
+        ),
+        None => "\nlast checkpoint: none yet".to_string(),
+    };
     let plugins: Vec<Vec<String>> = status
         .plugins
         .iter()
         .map(|p| {
+            let before = previous.and_then(|(_, s)| s.plugins.iter().find(|q| q.info.name == p.info.name));
+            let lag: u64 = status.lag.iter().filter(|l| l.plugin == p.info.label()).map(|l| l.lag).sum();
+            let errors: u64 = p.errors.values().sum();
             vec![
                 p.info.label(),
                 kind_name(&p.info.kind).to_string(),
-                p.state.to_string(),
-                p.events_ok.to_string(),
-                p.events_failed.to_string(),
-                p.dead_letters.to_string(),
+                match &p.rebuild {
+                    Some(r) => format!("{} {}", p.state, progress_text(r)),
+                    None => p.state.to_string(),
+                },
+                thousands(p.events_ok),
+                rate(p.events_ok, before.map(|b| b.events_ok)),
+                thousands(lag),
+                thousands(p.events_failed.max(errors)),
+                thousands(p.dead_letters),
+                p.batches.quantile(0.99).map_or("-".into(), |s| {
+                    if s == f64::MAX { "> 30 s".into() } else { format!("{:.1} ms", s * 1000.0) }
+                }),
+                human_bytes(p.memory_bytes),
             ]
         })
         .collect();
-    weir_host::demo::print_table("plugins", &["plugin", "world", "state", "ok", "failed", "dead letters"], &plugins);
+    out += &weir_host::demo::table_text(
+        "plugins",
+        &["plugin", "kind", "state", "ok", "ok/s", "lag", "failed", "dead letters", "p99 batch", "memory"],
+        &plugins,
+    );
     for p in status.plugins.iter().filter(|p| p.stopped.is_some()) {
-        say(format!("{} stopped: {}", p.info.name, p.stopped.as_deref().unwrap_or_default()));
+        out += &format!("{} stopped: {}\n", p.info.name, p.stopped.as_deref().unwrap_or_default());
     }
-    print_lag(&status.lag);
-    Ok(())
+    let lag: Vec<Vec<String>> = status
+        .lag
+        .iter()
+        .map(|l| {
+            vec![
+                l.plugin.clone(),
+                format!("{}/{}", l.topic, l.partition),
+                thousands(l.position),
+                thousands(l.end),
+                thousands(l.lag),
+                if l.lag > 0 { format!("{:.1} s", l.lag_seconds) } else { "0".into() },
+            ]
+        })
+        .collect();
+    out += &weir_host::demo::table_text("lag", &["plugin", "partition", "position", "end", "lag", "behind"], &lag);
+    let tables: Vec<Vec<String>> = tables
+        .iter()
+        .map(|t| vec![t.qualified_name.clone(), thousands(t.rows as u64), human_bytes(t.bytes as u64)])
+        .collect();
+    out += &weir_host::demo::table_text("tables", &["table", "rows", "bytes"], &tables);
+    out
 }
 
 /// `weir dlq ...`.

@@ -98,6 +98,10 @@ pub struct ServerConfig {
     /// after a crash, what they wrote since the checkpoint is read back and not written again.
     /// False: at least once (a crash may write some emitted events twice), for comparison.
     pub effectively_once: bool,
+    /// Count every plugin's work per partition and time its batches, for `GET /metrics`, the
+    /// dashboard and `weir status` (true, the default). False: only totals are kept, `/metrics`
+    /// answers 404; for measuring what metrics cost.
+    pub metrics: bool,
     /// Postgres wire-protocol listen address (loopback by default), or `"off"`. Env: `WEIR_PG`.
     #[serde(deserialize_with = "listener")]
     pub pg: Option<SocketAddr>,
@@ -118,6 +122,7 @@ impl Default for ServerConfig {
             publish_interval_ms: 100,
             tick_ms: 1_000,
             effectively_once: true,
+            metrics: true,
             pg: Some(SocketAddr::from(([127, 0, 0, 1], 5433))),
             flight: Some(SocketAddr::from(([127, 0, 0, 1], 8815))),
             token: None,

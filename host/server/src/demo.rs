@@ -48,6 +48,12 @@ pub fn bad_events(next_offset: u64) -> Vec<Event> {
 
 /// Print `rows` under `header` as an aligned table. A closed stdout (`| head`) is not an error.
 pub fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(table_text(title, header, rows).as_bytes());
+}
+
+/// What [`print_table`] prints.
+pub fn table_text(title: &str, header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -63,8 +69,7 @@ pub fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
     lines.push(widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+"));
     lines.extend(rows.iter().map(|row| line(row)));
     lines.push(format!("({} rows)\n", rows.len()));
-    use std::io::Write as _;
-    let _ = std::io::stdout().write_all(lines.join("\n").as_bytes());
+    lines.join("\n")
 }
 
 /// The questions the demo asks of the orders read model.

@@ -58,6 +58,8 @@ pub struct Ingest {
     /// Where to read that from (the restored checkpoint's marks; empty: from the start), until
     /// it has been read.
     scan_from: Option<output::Marks>,
+    /// How long checkpoints took.
+    checkpoint_durations: weir_core::meter::LatencyHistogram,
 }
 
 /// A checkpoint being written in the background.
@@ -180,6 +182,7 @@ impl Ingest {
             checkpoints,
             settings,
             status,
+            checkpoint_durations: Default::default(),
         }
     }
 
@@ -617,13 +620,17 @@ impl Ingest {
                     ms = stats.elapsed.as_millis() as u64,
                     "checkpoint written"
                 );
+                self.checkpoint_durations.observe(stats.elapsed);
                 if let Ok(mut status) = self.status.write() {
                     status.checkpoint = Some(CheckpointStatus {
                         seq: stats.seq,
                         rows: stats.rows,
                         bytes: stats.bytes,
                         write_ms: stats.elapsed.as_millis() as u64,
+                        written_ms: crate::registry::now_ms(),
                     });
+                    status.checkpoints_written += 1;
+                    status.checkpoint_durations = self.checkpoint_durations.snapshot();
                 }
                 self.record_switches(&writing.switches);
                 self.durable_floors = Some(writing.floors.clone());
@@ -635,13 +642,21 @@ impl Ingest {
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "checkpoint failed; the previous one stays, retrying at the next interval");
                 turn.unsaved = true;
+                self.count_failed_checkpoint();
                 false
             }
             Err(()) => {
                 tracing::error!("the checkpoint thread stopped without an answer; retrying at the next interval");
                 turn.unsaved = true;
+                self.count_failed_checkpoint();
                 false
             }
+        }
+    }
+
+    fn count_failed_checkpoint(&self) {
+        if let Ok(mut status) = self.status.write() {
+            status.checkpoints_failed += 1;
         }
     }
 
@@ -727,18 +742,34 @@ impl Ingest {
     /// Rewrite the status board: source, plugins, lag per plugin and partition.
     fn report(&mut self, turn: &Turn) {
         let ends = self.source.ends();
+        let now_us = crate::registry::now_ms() as i64 * 1000;
         let mut lag = Vec::new();
         for progress in self.pipeline.progress() {
             let ends = progress.own_ends.as_ref().unwrap_or(&ends);
             for end in ends.iter().filter(|e| progress.topics.contains(&e.topic)) {
                 let position = progress.positions.get(&(end.topic.clone(), end.partition)).copied().unwrap_or(0);
+                let meter = progress
+                    .meters
+                    .get(&end.topic)
+                    .and_then(|partitions| partitions.get(&end.partition))
+                    .copied()
+                    .unwrap_or_default();
+                let behind = end.end.saturating_sub(position);
+                let lag_seconds = if behind > 0 && meter.last_time_us > 0 {
+                    (now_us - meter.last_time_us).max(0) as f64 / 1e6
+                } else {
+                    0.0
+                };
                 lag.push(Lag {
                     plugin: progress.label.clone(),
                     topic: end.topic.clone(),
                     partition: end.partition,
                     position,
                     end: end.end,
-                    lag: end.end.saturating_sub(position),
+                    lag: behind,
+                    events: meter.events,
+                    produced: meter.produced,
+                    lag_seconds,
                 });
             }
         }

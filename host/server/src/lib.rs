@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod demo;
 pub mod ingest;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod registry;

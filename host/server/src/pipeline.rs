@@ -11,7 +11,7 @@
 //! **Invariant:** a plugin's position, its read model and its state always describe the same
 //! set of events; [`Pipeline::capture`] takes all three at one instant.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -22,6 +22,7 @@ use crate::output::{
 use crate::status::{PluginState, PluginStatus, RebuildStatus};
 
 use weir_core::event::{Event, PositionMap, StartAt};
+use weir_core::meter::LatencyHistogram;
 use weir_core::row::TableSchema;
 use weir_core::source::{EventSink, PartitionEnd, Source};
 use weir_runtime::{EventError, Failure, KeyedState, Plugin, PluginKind, SharedLogs};
@@ -80,6 +81,47 @@ struct Slot {
     journal: bool,
     /// Which of its dead letters are settled.
     dead_letters: DeadLetterBook,
+    /// What it did, per partition and per batch (when the host is metered).
+    meter: SlotMeter,
+}
+
+/// What a plugin did since it started serving: per partition, events in and what they produced;
+/// failures by kind; the time of each batch. Read by status and `/metrics`.
+#[derive(Default)]
+struct SlotMeter {
+    /// Counted at all (`[server] metrics`).
+    on: bool,
+    partitions: HashMap<String, BTreeMap<u32, PartitionMeter>>,
+    errors: BTreeMap<&'static str, u64>,
+    batches: LatencyHistogram,
+}
+
+/// One plugin's work on one partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PartitionMeter {
+    /// Events it processed.
+    pub events: u64,
+    /// Row changes (a projection) or events emitted (a handler) for them.
+    pub produced: u64,
+    /// Time of the last event it processed (microseconds since the Unix epoch).
+    pub last_time_us: i64,
+}
+
+impl SlotMeter {
+    /// Count a processed batch: `events` (in partition runs), with what each produced.
+    fn count(&mut self, events: &[Event], produced: &[u64]) {
+        for (start, end) in partition_runs(events) {
+            let position = &events[start].position;
+            let partitions = match self.partitions.get_mut(position.topic.as_str()) {
+                Some(partitions) => partitions,
+                None => self.partitions.entry(position.topic.clone()).or_default(),
+            };
+            let meter = partitions.entry(position.partition).or_default();
+            meter.events += (end - start) as u64;
+            meter.produced += produced.get(start..end).map_or(0, |p| p.iter().sum());
+            meter.last_time_us = events[end - 1].time_us;
+        }
+    }
 }
 
 /// A version replaying history into tables of its own while the serving version keeps serving.
@@ -113,6 +155,7 @@ impl Slot {
             dead_letters: DeadLetterBook::default(),
             replaying: false,
             journal: true,
+            meter: SlotMeter::default(),
         }
     }
 
@@ -169,11 +212,16 @@ impl Slot {
         }
         let mut failures = Vec::new();
         let processed;
+        let started = self.meter.on.then(Instant::now);
+        let mut produced = Vec::with_capacity(if self.meter.on { wanted.len() } else { 0 });
         match &mut self.model {
             Some(model) => {
                 let results = self.plugin.apply(&wanted);
                 processed = results.len();
                 for (event, result) in wanted.iter().zip(results) {
+                    if self.meter.on {
+                        produced.push(result.as_ref().map_or(0, |changes| changes.len() as u64));
+                    }
                     let applied = result
                         .and_then(|changes| model.apply(changes).map_err(|e| model_failure(&self.plugin, event, e)));
                     match applied {
@@ -195,18 +243,37 @@ impl Slot {
                     match result {
                         Ok(emitted) => {
                             self.ok += u64::from(!is_tick(event));
+                            if self.meter.on {
+                                produced.push(emitted.len() as u64);
+                            }
                             outcome.emitted.extend(emitted);
                         }
-                        Err(e) => failures.push((event.clone(), e)),
+                        Err(e) => {
+                            if self.meter.on {
+                                produced.push(0);
+                            }
+                            failures.push((event.clone(), e));
+                        }
                     }
                 }
             }
         }
+        let mut done = processed;
         if processed < wanted.len()
             && let Some((failed, error)) = failures.last()
         {
+            // Stopped at it: it is processed again once the plugin resumes.
+            done -= 1;
+            *self.meter.errors.entry(error.failure.kind()).or_default() += 1;
             self.stop_at(failed, error, events, runs, &fresh_from);
             failures.pop();
+        }
+        if let Some(started) = started {
+            self.meter.batches.observe(started.elapsed());
+            self.meter.count(&wanted[..done], &produced[..done.min(produced.len())]);
+            for (_, error) in &failures {
+                *self.meter.errors.entry(error.failure.kind()).or_default() += 1;
+            }
         }
         for (event, failure) in &failures {
             self.failed += 1;
@@ -311,6 +378,8 @@ pub struct PluginProgress {
     pub positions: PositionMap,
     /// The ends of its partitions as its own reader sees them, while it catches up on one.
     pub own_ends: Option<Vec<PartitionEnd>>,
+    /// What it did per topic and partition (empty when the host is not metered).
+    pub meters: HashMap<String, BTreeMap<u32, PartitionMeter>>,
 }
 
 /// Ranges `[start, end)` of consecutive events from one topic and partition.
@@ -340,6 +409,8 @@ pub struct Pipeline {
     journal: bool,
     /// The ends of the dead-letter topics, as last read, and when.
     dead_letter_ends: Mutex<(Option<Instant>, TopicEnds)>,
+    /// Whether plugins' work is counted per partition and batches timed (`[server] metrics`).
+    metered: bool,
 }
 
 /// What one batch produced beyond the read models.
@@ -362,6 +433,15 @@ impl Pipeline {
             sink: None,
             journal: true,
             dead_letter_ends: Mutex::default(),
+            metered: true,
+        }
+    }
+
+    /// Count plugins' work per partition and time their batches (the default), or not.
+    pub fn set_metered(&mut self, metered: bool) {
+        self.metered = metered;
+        for slot in &mut self.slots {
+            slot.meter.on = metered;
         }
     }
 
@@ -509,6 +589,7 @@ impl Pipeline {
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).insert(name, plugin.logs());
         let mut slot = Slot::new(plugin, model);
         slot.journal = self.journal;
+        slot.meter.on = self.metered;
         self.slots.push(slot);
         Ok(())
     }
@@ -616,6 +697,7 @@ impl Pipeline {
         reason: &'static str,
         reader: Box<dyn Source>,
     ) {
+        let metered = self.metered;
         let Some(slot) = self.slot_mut(name) else { return };
         next.share_logs(slot.plugin.logs());
         let model = match &next.info().kind {
@@ -624,6 +706,7 @@ impl Pipeline {
         };
         let mut shadow = Slot::new(next, model);
         shadow.deploy = deploy;
+        shadow.meter.on = metered;
         shadow.catch_up = Some(reader);
         slot.rebuild_error = None;
         if let Some(old) =
@@ -944,6 +1027,7 @@ impl Pipeline {
                 topics: s.plugin.info().topics.clone(),
                 positions: s.positions.clone(),
                 own_ends: None,
+                meters: HashMap::new(),
             })
             .collect()
     }
@@ -957,6 +1041,7 @@ impl Pipeline {
                 topics: s.plugin.info().topics.clone(),
                 positions: s.positions.clone(),
                 own_ends: s.catch_up.as_mut().map(|r| r.ends()),
+                meters: s.meter.partitions.clone(),
             })
             .collect()
     }
@@ -1016,6 +1101,14 @@ impl Pipeline {
                     stopped: slot.stopped.clone(),
                     dead_lettered: slot.dead_lettered,
                     dead_letters,
+                    errors: slot.meter.errors.iter().map(|(kind, n)| (kind.to_string(), *n)).collect(),
+                    batches: slot.meter.batches.snapshot(),
+                    memory_bytes: slot.plugin.memory_bytes(),
+                    busy_seconds: slot.plugin.busy().as_secs_f64(),
+                    cpu_budget_used: {
+                        let (longest, budget) = slot.plugin.take_longest_call();
+                        longest.as_secs_f64() / budget.as_secs_f64().max(1e-3)
+                    },
                 }
             })
             .collect()

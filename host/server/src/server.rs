@@ -121,7 +121,13 @@ impl Host {
                 }
             };
 
-        let status: StatusBoard = Arc::new(RwLock::new(Status { plugins: pipeline.statuses(), ..Status::default() }));
+        pipeline.set_metered(config.server.metrics);
+        let status: StatusBoard = Arc::new(RwLock::new(Status {
+            plugins: pipeline.statuses(),
+            started_ms: crate::registry::now_ms(),
+            metered: config.server.metrics,
+            ..Status::default()
+        }));
         let logs = pipeline.log_rings();
         let registry = Arc::new(std::sync::Mutex::new(registry));
         let (requests_tx, requests) = std::sync::mpsc::channel();

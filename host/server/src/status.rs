@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use weir_core::event::StartAt;
+use weir_core::meter::Histogram;
 use weir_runtime::PluginInfo;
 
 /// Where a plugin is in its life.
@@ -99,6 +100,22 @@ pub struct PluginStatus {
     /// Dead letters waiting in its dead-letter topic (not replayed or purged).
     #[serde(default)]
     pub dead_letters: u64,
+    /// Events it failed on since this version started serving, by kind of failure.
+    #[serde(default)]
+    pub errors: BTreeMap<String, u64>,
+    /// How long its batches took (plugin call and applying what it produced).
+    #[serde(default)]
+    pub batches: Histogram,
+    /// Linear memory its instance holds, in bytes.
+    #[serde(default)]
+    pub memory_bytes: u64,
+    /// Seconds spent in calls into it.
+    #[serde(default)]
+    pub busy_seconds: f64,
+    /// Its longest call since the previous report, as a fraction of the CPU budget per call
+    /// (1 = stopped for running past it).
+    #[serde(default)]
+    pub cpu_budget_used: f64,
 }
 
 /// `GET /v1/plugins/{name}`: a plugin's status and its lag per partition.
@@ -167,7 +184,7 @@ pub struct LogLine {
 }
 
 /// One plugin's progress on one partition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lag {
     /// `name@version`.
     pub plugin: String,
@@ -181,6 +198,16 @@ pub struct Lag {
     pub end: u64,
     /// `end - position`.
     pub lag: u64,
+    /// Events it processed there since this version started serving.
+    #[serde(default)]
+    pub events: u64,
+    /// Row changes (a projection) or events emitted (a handler) for them.
+    #[serde(default)]
+    pub produced: u64,
+    /// While it is behind: seconds between now and the time of the last event it processed
+    /// there (0 when it is caught up or has processed nothing there yet).
+    #[serde(default)]
+    pub lag_seconds: f64,
 }
 
 /// The last checkpoint written.
@@ -194,6 +221,9 @@ pub struct CheckpointStatus {
     pub bytes: u64,
     /// Milliseconds it took.
     pub write_ms: u64,
+    /// When it was written, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub written_ms: u64,
 }
 
 /// What `GET /v1/status` reports; the ingest loop rewrites it after each publish.
@@ -213,6 +243,21 @@ pub struct Status {
     pub lag: Vec<Lag>,
     /// The last checkpoint written.
     pub checkpoint: Option<CheckpointStatus>,
+    /// Checkpoints written since start.
+    #[serde(default)]
+    pub checkpoints_written: u64,
+    /// Checkpoints that failed since start.
+    #[serde(default)]
+    pub checkpoints_failed: u64,
+    /// How long checkpoints took to write.
+    #[serde(default)]
+    pub checkpoint_durations: Histogram,
+    /// When the host started, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub started_ms: u64,
+    /// Whether plugins' work is counted per partition and timed (`[server] metrics`).
+    #[serde(default)]
+    pub metered: bool,
     /// Per plugin, which dead letters are settled (for the dead-letter API; not served here).
     #[serde(skip)]
     pub dead_letter_books: BTreeMap<String, crate::output::DeadLetterBook>,
@@ -303,6 +348,11 @@ mod tests {
                 stopped: Some("plugin orders@0.1.0 failed on event orders/0@3".into()),
                 dead_lettered: 1,
                 dead_letters: 1,
+                errors: BTreeMap::from([("refused".into(), 1)]),
+                batches: Histogram { counts: vec![1; 15], sum_seconds: 0.5 },
+                memory_bytes: 1 << 20,
+                busy_seconds: 0.25,
+                cpu_budget_used: 0.1,
             }],
             lag: vec![Lag {
                 plugin: "orders@0.1.0".into(),
@@ -311,8 +361,16 @@ mod tests {
                 position: 7,
                 end: 9,
                 lag: 2,
+                events: 7,
+                produced: 14,
+                lag_seconds: 1.5,
             }],
-            checkpoint: Some(CheckpointStatus { seq: 3, rows: 10, bytes: 100, write_ms: 4 }),
+            checkpoint: Some(CheckpointStatus { seq: 3, rows: 10, bytes: 100, write_ms: 4, written_ms: 1 }),
+            checkpoints_written: 3,
+            checkpoints_failed: 1,
+            checkpoint_durations: Histogram::default(),
+            started_ms: 1,
+            metered: true,
             dead_letter_books: BTreeMap::new(),
         };
         let text = serde_json::to_string(&status).expect("serialise");

@@ -201,10 +201,12 @@ fn schema_bytes(schema: &Schema) -> Result<Vec<u8>, Status> {
 
 impl WeirFlightSql {
     async fn run(&self, handle: &Handle) -> Result<Response<DoGetStream>, Status> {
+        let started = std::time::Instant::now();
         let rows = match handle.param_values()? {
             None => self.sql.stream(&handle.sql).await,
             Some(params) => self.sql.stream_with_params(&handle.sql, params).await,
         };
+        let rows = self.sql.stats().timed(crate::stats::FrontEnd::Flight, started, rows);
         Ok(send(rows.map_err(status)?))
     }
 

@@ -36,6 +36,8 @@ use pgwire::messages::extendedquery::Execute;
 use crate::Listener;
 use crate::query::{Description, QueryError, Rows, SqlEngine};
 use crate::session::{Command, Reply, Session};
+use crate::stats::FrontEnd;
+use std::time::Instant;
 
 /// Bind `addr` and serve queries against `sql` until the returned server is dropped.
 pub async fn start(addr: SocketAddr, sql: Arc<SqlEngine>) -> std::io::Result<Listener> {
@@ -260,7 +262,9 @@ impl Queries {
                     let mut session = lock(&self.session);
                     (session.tables(|| self.sql.catalog().current()), session.timeout(self.sql.time_limit()))
                 };
-                let rows = self.sql.run(statement, &tables, params, timeout).await.map_err(|e| pg_error(&e))?;
+                let started = Instant::now();
+                let rows = self.sql.run(statement, &tables, params, timeout).await;
+                let rows = self.sql.stats().timed(FrontEnd::Postgres, started, rows).map_err(|e| pg_error(&e))?;
                 respond(rows, format)
             }
             command => {

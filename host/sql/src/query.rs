@@ -14,6 +14,7 @@
 //! (`BEGIN`, `SET`, `SHOW`, ...) are [`crate::session`]'s. Each query runs under a time limit and
 //! a memory limit, and its answer streams ([`Rows`]) until the time limit.
 
+use crate::stats::QueryStats;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -93,6 +94,23 @@ pub enum QueryError {
     Session(&'static str),
 }
 
+impl QueryError {
+    /// Its kind, in metrics: `sql`, `read_only`, `timeout`, `memory`, `name_clash`, `encode`,
+    /// `unknown_setting`, `session`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            QueryError::Sql(_) => "sql",
+            QueryError::ReadOnly(_) => "read_only",
+            QueryError::Timeout(_) => "timeout",
+            QueryError::Memory { .. } => "memory",
+            QueryError::NameClash { .. } => "name_clash",
+            QueryError::Encode(_) => "encode",
+            QueryError::UnknownSetting(_) => "unknown_setting",
+            QueryError::Session(_) => "session",
+        }
+    }
+}
+
 /// A `Result` with a [`QueryError`].
 pub type Result<T, E = QueryError> = std::result::Result<T, E>;
 
@@ -120,7 +138,7 @@ pub struct Catalog {
 }
 
 /// What `GET /v1/tables` says about one table.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TableInfo {
     /// Table name (unqualified).
     pub name: String,
@@ -132,12 +150,17 @@ pub struct TableInfo {
     pub columns: Vec<ColumnInfo>,
     /// Rows in the published snapshot.
     pub rows: usize,
+    /// Bytes its Arrow buffers take in the published snapshot.
+    pub bytes: usize,
+    /// When the published snapshot was taken, milliseconds since the Unix epoch (a snapshot is
+    /// taken when rows changed, at most every `publish_interval_ms`).
+    pub snapshot_ms: u64,
     /// Source positions the snapshot reflects: the last offset applied per topic and partition.
     pub positions: Vec<PositionInfo>,
 }
 
 /// One column in a [`TableInfo`].
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ColumnInfo {
     /// Name.
     pub name: String,
@@ -149,7 +172,7 @@ pub struct ColumnInfo {
 }
 
 /// A source position in a [`TableInfo`].
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PositionInfo {
     /// Topic.
     pub topic: String,
@@ -248,6 +271,8 @@ impl Catalog {
                         })
                         .collect(),
                     rows: table.rows,
+                    bytes: table.batches.iter().map(|b| b.get_array_memory_size()).sum(),
+                    snapshot_ms: model.taken_ms,
                     positions: model
                         .positions
                         .iter()
@@ -571,6 +596,8 @@ pub struct SqlEngine {
     pg_catalog: Arc<dyn SchemaProvider>,
     /// Postgres SQL, rewritten where DataFusion needs it (catalog queries clients send).
     parser: PostgresCompatibilityParser,
+    /// Queries run, by front end.
+    stats: Arc<QueryStats>,
 }
 
 impl SqlEngine {
@@ -605,7 +632,13 @@ impl SqlEngine {
             template: ctx.state(),
             pg_catalog: Arc::new(pg_catalog),
             parser: PostgresCompatibilityParser::new(),
+            stats: Arc::default(),
         })
+    }
+
+    /// What the front ends counted of the queries they ran.
+    pub fn stats(&self) -> &Arc<QueryStats> {
+        &self.stats
     }
 
     /// The catalog.

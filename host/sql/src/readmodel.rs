@@ -412,6 +412,8 @@ pub struct ReadModelSnapshot {
     pub tables: Vec<TableSnapshot>,
     /// Per (topic, partition), the next offset to apply: every event before it is reflected.
     pub positions: PositionMap,
+    /// When it was taken, milliseconds since the Unix epoch.
+    pub taken_ms: u64,
 }
 
 impl ReadModel {
@@ -449,7 +451,9 @@ impl ReadModel {
     /// Every table at this event boundary.
     pub fn snapshot(&mut self) -> Result<ReadModelSnapshot> {
         let tables = self.tables.values_mut().map(ReadModelTable::snapshot).collect::<Result<Vec<_>>>()?;
-        Ok(ReadModelSnapshot { plugin: self.plugin.clone(), tables, positions: self.positions.clone() })
+        let taken_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Ok(ReadModelSnapshot { plugin: self.plugin.clone(), tables, positions: self.positions.clone(), taken_ms })
     }
 
     /// The tables.

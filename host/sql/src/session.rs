@@ -727,7 +727,10 @@ mod tests {
     fn repeatable_read_pins_the_first_snapshot_and_read_committed_does_not() {
         let model = |i: usize| {
             let plugin = i.to_string();
-            (plugin.clone(), Arc::new(ReadModelSnapshot { plugin, tables: vec![], positions: Default::default() }))
+            (
+                plugin.clone(),
+                Arc::new(ReadModelSnapshot { plugin, tables: vec![], positions: Default::default(), taken_ms: 0 }),
+            )
         };
         let snapshot = |n: usize| -> Tables { Arc::new((0..n).map(model).collect()) };
         let mut session = Session::default();

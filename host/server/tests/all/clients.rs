@@ -5,24 +5,10 @@
 //! installs (`WEIR_CLIENTS_PYTHON`); the checks are `tests/clients/check.py`.
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
 
 use weir_host::sample::OrderStream;
 
-use crate::support::{WeirProcess, envelope_lines, repo, write_config};
-
-/// The Python with the clients installed.
-fn clients_python() -> PathBuf {
-    let python = std::env::var("WEIR_CLIENTS_PYTHON").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/weir/tools/clients-venv/bin/python")
-    });
-    assert!(
-        python.is_file(),
-        "the SQL clients' Python is not at {}; run ./test.sh (it installs them) or set WEIR_CLIENTS_PYTHON",
-        python.display()
-    );
-    python
-}
+use crate::support::{WeirProcess, clients_python, envelope_lines, repo, write_config};
 
 /// Rows of `typed` at the edges of each type: extreme integers, the shortest and longest floats,
 /// negative zero, timestamps before 1970 and in year 9999, every byte value, text that needs

@@ -9,6 +9,7 @@
 
 mod cli;
 mod clients;
+mod dashboard;
 mod golden;
 mod handlers;
 mod hostile;

@@ -88,6 +88,19 @@ pub fn batch_with(n: u64, bad: &[(u64, &str)]) -> Vec<Event> {
         .collect()
 }
 
+/// The Python with the SQL clients, the Prometheus parser and Selenium installed (`test.sh`).
+pub fn clients_python() -> PathBuf {
+    let python = std::env::var("WEIR_CLIENTS_PYTHON").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/weir/tools/clients-venv/bin/python")
+    });
+    assert!(
+        python.is_file(),
+        "the SQL clients' Python is not at {}; run ./test.sh (it installs them) or set WEIR_CLIENTS_PYTHON",
+        python.display()
+    );
+    python
+}
+
 /// A `weir` child process, killed (SIGKILL) when dropped unless stopped first.
 pub struct WeirProcess {
     child: std::process::Child,
