@@ -13,6 +13,7 @@ const ui = {
   token: localStorage.getItem(TOKEN_KEY) || '',
   selected: null, // the plugin whose detail is open
   previous: null, // the last view, for rates
+  previousBefore: null, // the one before it
   history: new Map(), // plugin name -> [{rate, lag}]
   partitionRates: new Map(), // "plugin topic/partition" -> events/s
   deadLetterCount: new Map(), // plugin name -> count last listed
@@ -155,9 +156,10 @@ function sparkline(values, kind) {
   return svg;
 }
 
-function render(view) {
+// Show `view`; `again` re-shows the last one (a filter or selection changed): no new sample.
+function render(view, again) {
   const status = view.status;
-  const previous = ui.previous;
+  const previous = again ? ui.previousBefore : ui.previous;
   const elapsed = previous ? (view.time_ms - previous.time_ms) / 1000 : 0;
   const rate = (now, before) => (elapsed > 0 && before !== undefined ? Math.max(0, now - before) / elapsed : null);
 
@@ -191,7 +193,8 @@ function render(view) {
     const before = previous?.status.plugins.find((q) => q.name === name);
     const history = ui.history.get(name) || [];
     const perSecond = rate(p.events_ok, before?.events_ok);
-    history.push({ rate: perSecond ?? 0, lag: lagOf(`${p.name}@${p.version}`) });
+    if (!again) history.push({ rate: perSecond ?? 0, lag: lagOf(`${p.name}@${p.version}`) });
+    if (history.length === 0) history.push({ rate: 0, lag: lagOf(`${p.name}@${p.version}`) });
     while (history.length > HISTORY) history.shift();
     ui.history.set(name, history);
     let row = tbody.querySelector(`tr[data-plugin="${CSS.escape(name)}"]`);
@@ -211,7 +214,10 @@ function render(view) {
   renderLag(status, previous, rate);
   renderTables(view.tables);
   if (ui.selected) renderDetail(status.plugins.find((p) => p.name === ui.selected));
-  ui.previous = view;
+  if (!again) {
+    ui.previousBefore = previous;
+    ui.previous = view;
+  }
 }
 
 function pluginRow(name) {
@@ -338,7 +344,7 @@ function select(name) {
   ui.deadLetterCount.delete(name);
   $('#detail').hidden = !ui.selected;
   $('#dead-letter-event').hidden = true;
-  if (ui.previous) render(ui.previous);
+  if (ui.previous) render(ui.previous, true);
 }
 
 function renderDetail(p) {
@@ -540,7 +546,7 @@ function start() {
   $('#deploy-form').addEventListener('submit', deploy);
   $('#dlq-replay').addEventListener('click', () => deadLetterAction('replay'));
   $('#dlq-purge').addEventListener('click', () => deadLetterAction('purge'));
-  const refilter = () => { if (ui.previous) render(ui.previous); };
+  const refilter = () => { if (ui.previous) render(ui.previous, true); };
   $('#lag-filter').addEventListener('change', refilter);
   $('#lag-behind').addEventListener('change', refilter);
   follow();

@@ -713,15 +713,18 @@ fn end_to_end_embedded(events: usize, repeats: usize) -> anyhow::Result<Figure> 
 
 /// What metrics cost: the end-to-end run of [`end_to_end_embedded`] with metrics on (every
 /// plugin's work counted per partition, its batches timed, and `/metrics` rendered every second
-/// as a Prometheus scrape would) and off (`[server] metrics = false`: totals only), alternating,
-/// `repeats` each.
+/// as a Prometheus scrape would) and off (`[server] metrics = false`: totals only), alternating
+/// which goes first, `repeats` each.
 fn metrics_cost(events: usize, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     let wasm = weir_host::build::build_plugin(&weir_host::demo::plugins_dir().join("orders"))?;
     let sample = weir_host::sample::OrderStream::take_events(42, 1_000, events);
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut scrapes = 0;
-    for _ in 0..repeats {
-        for (mode, metered) in [true, false].into_iter().enumerate() {
+    for repeat in 0..repeats {
+        // On first in even repeats, off first in odd ones: neither mode always runs second.
+        let order = if repeat % 2 == 0 { [0, 1] } else { [1, 0] };
+        for mode in order {
+            let metered = mode == 0;
             let (dir, mut config) = host_config("metrics", &wasm);
             config.server.metrics = metered;
             let host = weir_host::server::Host::start(&config)?;
@@ -759,7 +762,26 @@ fn metrics_cost(events: usize, repeats: usize) -> anyhow::Result<Vec<Figure>> {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
+    // The pipeline alone (no log, no fsync, no other thread): the same plugin over the same
+    // events in memory, metered and not, alternating, five times at least.
+    let runtime = PluginRuntime::new(Limits::default(), None)?;
+    let mut pipeline_rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for repeat in 0..repeats.max(5) {
+        let order = if repeat % 2 == 0 { [0, 1] } else { [1, 0] };
+        for mode in order {
+            let mut pipeline = weir_host::pipeline::Pipeline::new(std::sync::Arc::default());
+            pipeline.add(runtime.load(&wasm, BTreeMap::new())?)?;
+            pipeline.set_metered(mode == 0);
+            let started = Instant::now();
+            for chunk in sample.chunks(1024) {
+                std::hint::black_box(pipeline.process(chunk));
+            }
+            pipeline.publish()?;
+            pipeline_rates[mode].push(events as f64 / started.elapsed().as_secs_f64());
+        }
+    }
     let [on, off] = rates.map(Rate::of);
+    let [pipeline_on, pipeline_off] = pipeline_rates.map(Rate::of);
     let figure = |metric: String, r: &Rate| Figure {
         scenario: "metrics",
         metric,
@@ -770,19 +792,23 @@ fn metrics_cost(events: usize, repeats: usize) -> anyhow::Result<Vec<Figure>> {
         spread: "min–max",
         goal: "",
     };
+    let ratio = |metric: &str, on: &Rate, off: &Rate| Figure {
+        scenario: "metrics",
+        metric: metric.into(),
+        unit: "ratio",
+        median: on.median / off.median,
+        low: on.min / off.max,
+        high: on.max / off.min,
+        spread: "worst–best",
+        goal: "",
+    };
     Ok(vec![
-        figure(format!("{events} events, metrics on ({scrapes} scrapes in all)"), &on),
-        figure(format!("{events} events, metrics off"), &off),
-        Figure {
-            scenario: "metrics",
-            metric: "metrics on / off (medians)".into(),
-            unit: "ratio",
-            median: on.median / off.median,
-            low: on.min / off.max,
-            high: on.max / off.min,
-            spread: "worst–best",
-            goal: "",
-        },
+        figure(format!("{events} events end to end, metrics on ({scrapes} scrapes)"), &on),
+        figure(format!("{events} events end to end, metrics off"), &off),
+        ratio("end to end: metrics on / off (medians)", &on, &off),
+        figure(format!("{events} events, pipeline alone, metered"), &pipeline_on),
+        figure(format!("{events} events, pipeline alone, not metered"), &pipeline_off),
+        ratio("pipeline alone: metered / not (medians)", &pipeline_on, &pipeline_off),
     ])
 }
 

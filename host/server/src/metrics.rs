@@ -343,3 +343,109 @@ fn families(scrape: &Scrape) -> Vec<Family> {
     out.extend([written, failures, duration, size, checkpoint_rows, checkpoint_age]);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{Lag, PluginStatus};
+    use weir_runtime::{PluginInfo, PluginKind};
+
+    fn plugin(name: &str) -> PluginStatus {
+        PluginStatus {
+            info: PluginInfo {
+                name: name.into(),
+                version: "0.1.0".into(),
+                description: String::new(),
+                topics: vec!["orders".into()],
+                event_types: vec![],
+                kind: PluginKind::Handler { emits_to: vec!["alerts".into()] },
+            },
+            path: String::new(),
+            component: "ab".into(),
+            deploy: 1,
+            state: PluginState::Paused,
+            params: Default::default(),
+            start: weir_core::event::StartAt::Earliest,
+            events_ok: 5,
+            events_failed: 1,
+            instances_started: 1,
+            recent_failures: vec![],
+            rebuild: None,
+            rebuild_error: None,
+            on_error: Default::default(),
+            stopped: None,
+            dead_lettered: 1,
+            dead_letters: 1,
+            errors: [("trapped".to_string(), 1)].into(),
+            batches: Histogram { counts: vec![0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], sum_seconds: 40.0 },
+            memory_bytes: 65536,
+            busy_seconds: 0.5,
+            cpu_budget_used: 0.25,
+        }
+    }
+
+    #[test]
+    fn a_handler_s_work_is_exposed_per_partition_with_units_and_totals() {
+        let status = Status {
+            plugins: vec![plugin("alerter")],
+            lag: vec![Lag {
+                plugin: "alerter@0.1.0".into(),
+                topic: "orders".into(),
+                partition: 2,
+                position: 6,
+                end: 9,
+                lag: 3,
+                events: 6,
+                produced: 4,
+                lag_seconds: 1.5,
+            }],
+            metered: true,
+            ..Status::default()
+        };
+        let text = render(Scrape { status, tables: vec![], sql: vec![], now_ms: 0 });
+        for line in [
+            r#"weir_plugin_events_total{plugin="alerter",topic="orders",partition="2"} 6"#,
+            r#"weir_plugin_events_emitted_total{plugin="alerter",topic="orders",partition="2"} 4"#,
+            r#"weir_plugin_lag_events{plugin="alerter",topic="orders",partition="2"} 3"#,
+            r#"weir_plugin_lag_seconds{plugin="alerter",topic="orders",partition="2"} 1.5"#,
+            r#"weir_partition_end_offset{topic="orders",partition="2"} 9"#,
+            r#"weir_plugin_state{plugin="alerter",state="paused"} 1"#,
+            r#"weir_plugin_errors_total{plugin="alerter",kind="trapped"} 1"#,
+            r#"weir_plugin_batch_duration_seconds_bucket{le="0.001",plugin="alerter"} 2"#,
+            r#"weir_plugin_batch_duration_seconds_bucket{le="+Inf",plugin="alerter"} 3"#,
+            r#"weir_plugin_batch_duration_seconds_count{plugin="alerter"} 3"#,
+            "# UNIT weir_plugin_memory_bytes bytes",
+            "weir_checkpoints_total 0",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line || l.replace(".0", "") == line), "no line {line:?} in:\n{text}");
+        }
+        // No row changes for a handler, nothing for a table that does not exist.
+        assert!(!text.contains("weir_plugin_row_changes_total{"), "{text}");
+        assert!(!text.contains("weir_table_rows{"), "{text}");
+    }
+
+    #[test]
+    fn without_metering_only_totals_are_exposed() {
+        let status = Status {
+            plugins: vec![plugin("alerter")],
+            lag: vec![Lag {
+                plugin: "alerter@0.1.0".into(),
+                topic: "orders".into(),
+                partition: 0,
+                position: 1,
+                end: 1,
+                lag: 0,
+                events: 0,
+                produced: 0,
+                lag_seconds: 0.0,
+            }],
+            metered: false,
+            ..Status::default()
+        };
+        let text = render(Scrape { status, tables: vec![], sql: vec![], now_ms: 0 });
+        assert!(text.contains(r#"weir_plugin_events_ok_total{plugin="alerter"} 5"#), "{text}");
+        assert!(!text.contains("weir_plugin_events_total{"), "{text}");
+        assert!(!text.contains("weir_plugin_batch_duration_seconds_count{"), "{text}");
+    }
+}

@@ -13,7 +13,7 @@ use crate::lifecycle::{assert_exactly_once, deploy, number, produce, serve, succ
 use crate::support::{WeirProcess, wasm, write_config};
 
 /// Every event of `topic` in the embedded log under `data`, partition by partition.
-fn read_topic(data: &std::path::Path, topic: &str) -> Vec<weir_core::event::Event> {
+pub(crate) fn read_topic(data: &std::path::Path, topic: &str) -> Vec<weir_core::event::Event> {
     let log = EmbeddedLog::open(&data.join("log"), LogConfig::default()).unwrap();
     let mut events = Vec::new();
     for range in log.ranges(topic).unwrap_or_default() {

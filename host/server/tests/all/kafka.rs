@@ -20,7 +20,7 @@ use weir_host::sample::OrderStream;
 use crate::ingest::{ORDERS_CSV, REVENUE_CSV, truth};
 use crate::support::{Tansu, WeirProcess, wasm};
 
-fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+pub(crate) fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -332,7 +332,7 @@ fn weir_produce_writes_to_kafka_with_cloudevents_headers() {
 
 /// Every record of `topic` as (ce_id, key, payload), read from the start until the broker has
 /// nothing more for three seconds (tansu's high watermark cannot be trusted to say where the end is).
-fn read_all(brokers: &str, topic: &str, partitions: i32) -> Vec<(String, String, Vec<u8>)> {
+pub(crate) fn read_all(brokers: &str, topic: &str, partitions: i32) -> Vec<(String, String, Vec<u8>)> {
     use rdkafka::message::{Headers, Message};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)

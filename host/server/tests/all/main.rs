@@ -9,6 +9,7 @@
 
 mod cli;
 mod clients;
+mod crash;
 mod dashboard;
 mod golden;
 mod handlers;
