@@ -589,7 +589,7 @@ fn information_schema(tables: &Tables) -> Result<Arc<dyn SchemaProvider>> {
 pub struct SqlEngine {
     catalog: Arc<Catalog>,
     limits: QueryLimits,
-    /// Functions, settings and the memory pool every query's session starts from.
+    /// Functions and settings every query's session starts from (each gets a memory pool of its own).
     template: SessionState,
     /// `pg_catalog` over the published tables; one for the engine's life, so object ids stay the
     /// same from one query to the next (psql's `\d` looks a table up by the id it found first).
@@ -672,7 +672,13 @@ impl SqlEngine {
             .map_err(sql_error)?;
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog(DATABASE.to_string(), database);
-        let state = SessionStateBuilder::new_from_existing(self.template.clone()).with_catalog_list(catalogs).build();
+        // A memory pool per statement: the limit is each query's, not shared by all of them.
+        let runtime =
+            RuntimeEnvBuilder::new().with_memory_limit(self.limits.memory_bytes, 1.0).build_arc().map_err(sql_error)?;
+        let state = SessionStateBuilder::new_from_existing(self.template.clone())
+            .with_catalog_list(catalogs)
+            .with_runtime_env(runtime)
+            .build();
         Ok(SessionContext::new_with_state(state))
     }
 
@@ -727,7 +733,16 @@ impl SqlEngine {
     /// Plan `statement` without running it (under the same read-only rules): the types its
     /// placeholders take (`$1` first; `None` where the query does not fix one) and the schema
     /// of its answer.
+    /// Planning counts against the statement time limit, as running does (a prepared statement is
+    /// planned when the Postgres client parses it).
     pub(crate) async fn describe(&self, statement: &ast::Statement, tables: &Tables) -> Result<Description> {
+        let limit = self.time_limit();
+        tokio::time::timeout(limit, self.plan_description(statement, tables))
+            .await
+            .map_err(|_| QueryError::Timeout(limit.as_millis() as u64))?
+    }
+
+    async fn plan_description(&self, statement: &ast::Statement, tables: &Tables) -> Result<Description> {
         let ctx = self.context(tables)?;
         let plan = self.plan(&ctx, statement).await?;
         let mut params: Vec<(usize, Option<DataType>)> = plan
@@ -796,6 +811,15 @@ impl SqlEngine {
                     _ = &mut sleep => Some((Err(QueryError::Timeout(timeout_ms)), (stream, sleep, true))),
                     next = stream.next() => match next {
                         None => None,
+                        // What functions compute (`repeat`, `lpad`, ...) is reserved by no
+                        // operator: the answer itself is held to the limit, one batch at a time.
+                        Some(Ok(batch)) if batch.get_array_memory_size() > memory => {
+                            let message = format!(
+                                "one batch of its answer takes {} bytes",
+                                batch.get_array_memory_size()
+                            );
+                            Some((Err(QueryError::Memory { limit: memory, message }), (stream, sleep, true)))
+                        }
                         Some(Ok(batch)) => Some((Ok(batch), (stream, sleep, false))),
                         Some(Err(e)) => Some((Err(classify(e, memory)), (stream, sleep, true))),
                     },

@@ -8,7 +8,7 @@ use std::time::Duration;
 use weir_host::api::{ARROW_STREAM, ApiState};
 use weir_host::pipeline::Pipeline;
 use weir_host::sample::OrderStream;
-use weir_sql::query::{Catalog, QueryError, QueryLimits, SqlEngine};
+use weir_sql::query::{Catalog, Encoding, QueryError, QueryLimits, SqlEngine, encode_stream};
 
 use crate::support::{load, repo, runtime};
 
@@ -422,4 +422,36 @@ fn guarded_listeners_need_the_admin_token_for_reads_too() {
     let count: u64 = String::from_utf8_lossy(&answered.stdout).trim().parse().expect("a count");
     assert!(count > 0);
     let _ = stop_tx.send(());
+}
+
+#[test]
+fn each_query_has_a_memory_limit_of_its_own() {
+    let rt = tokio();
+    let engine = orders_engine(100, QueryLimits { timeout_ms: 60_000, memory_bytes: 40 << 20 });
+    // A hash join holds its build side (here more than half the limit) while it streams its answer.
+    let join = "SELECT a.value FROM range(1000000) a JOIN range(1000000) b ON a.value = b.value";
+    rt.block_on(async {
+        let alone = engine.stream(join).await.unwrap().collect().await;
+        assert!(alone.is_ok(), "the join alone does not fit its limit: {:?}", alone.err());
+        // The first is still streaming (holding its build side) while the second runs.
+        let first = encode_stream(engine.stream(join).await.unwrap(), Encoding::Json).await.unwrap();
+        let second = engine.stream(join).await.unwrap().collect().await;
+        assert!(second.is_ok(), "a query was refused memory another query holds: {:?}", second.err());
+        drop(first);
+    });
+}
+
+#[test]
+fn an_answer_is_held_to_the_memory_limit_too() {
+    let rt = tokio();
+    let engine = orders_engine(100, QueryLimits { timeout_ms: 60_000, memory_bytes: 16 << 20 });
+    // One value of 64 MB: computed outside any operator's reservation, so only its size can tell.
+    for sql in ["SELECT repeat('x', 64000000) AS big", "SELECT repeat('x', 40000) AS s FROM range(2000)"] {
+        let err = rt.block_on(async { engine.stream(sql).await?.collect().await }).unwrap_err();
+        assert!(matches!(err, QueryError::Memory { limit, .. } if limit == 16 << 20), "{sql}: {err}");
+        assert!(err.to_string().contains("bytes"), "{err}");
+    }
+    // Answers within it stream as before.
+    let answer = rt.block_on(engine.query("SELECT repeat('x', 1000) AS s FROM range(100)")).unwrap();
+    assert_eq!(answer.rows(), 100);
 }
