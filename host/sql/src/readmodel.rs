@@ -466,18 +466,30 @@ impl ReadModel {
     pub fn load_table_file(&mut self, table: &str, path: &Path) -> Result<usize> {
         let failed = |message: String| ReadModelError::InvalidTableFile { path: path.to_owned(), message };
         let target = self.table_mut(table)?;
-        let file = std::fs::File::open(path).map_err(durable::at(path))?;
-        let reader = FileReader::try_new(std::io::BufReader::new(file), None).map_err(|e| failed(e.to_string()))?;
-        if reader.schema().fields() != target.arrow.fields() {
+        let mut file = std::fs::File::open(path).map_err(durable::at(path))?;
+        // The Arrow reader allocates what the file's footer says a batch takes before reading it
+        // (found by fuzzing: a damaged length asked for a petabyte and aborted the process).
+        check_ipc_blocks(&mut file).map_err(failed)?;
+        // The Arrow reader panics on some malformed files (an integer type of width 0 in the
+        // schema, found by fuzzing): a damaged file must be an error, never take the host down.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let reader = FileReader::try_new(std::io::BufReader::new(file), None).map_err(|e| e.to_string())?;
+            let schema = reader.schema();
+            let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+            Ok::<_, String>((schema, batches))
+        }));
+        let (schema, batches) = decoded
+            .map_err(|_| failed("the Arrow reader failed on it (a malformed Arrow IPC file)".into()))?
+            .map_err(failed)?;
+        if schema.fields() != target.arrow.fields() {
             return Err(failed(format!(
                 "its columns ({}) are not those the plugin declares for {table} ({})",
-                reader.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "),
+                schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "),
                 target.arrow.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "),
             )));
         }
         *target = ReadModelTable::new(target.schema.clone());
-        for batch in reader {
-            let batch = batch.map_err(|e| failed(e.to_string()))?;
+        for batch in batches {
             // The file's schema object may differ in metadata; rebuild on ours.
             let batch = RecordBatch::try_new(target.arrow.clone(), batch.columns().to_vec())
                 .map_err(|e| failed(e.to_string()))?;
@@ -495,6 +507,44 @@ impl ReadModel {
         }
         Ok(target.len())
     }
+}
+
+/// Check that every block an Arrow IPC file's footer lists lies inside the file, so reading it
+/// allocates no more than the file holds. Leaves the file at its start.
+fn check_ipc_blocks(file: &mut std::fs::File) -> std::result::Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| e.to_string();
+    let size = file.seek(SeekFrom::End(0)).map_err(io)?;
+    // ... footer, footer length (4 bytes, little endian), the magic `ARROW1`.
+    if size < 16 {
+        return Err(format!("{size} bytes is too short for an Arrow IPC file"));
+    }
+    let mut tail = [0u8; 10];
+    file.seek(SeekFrom::End(-10)).map_err(io)?;
+    file.read_exact(&mut tail).map_err(io)?;
+    let footer_len = i32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    let footer_len = u64::try_from(footer_len).map_err(|_| format!("its footer length {footer_len} is negative"))?;
+    if footer_len > size - 16 {
+        return Err(format!("its footer length {footer_len} is past its size of {size} bytes"));
+    }
+    let mut footer = vec![0u8; footer_len as usize];
+    file.seek(SeekFrom::Start(size - 10 - footer_len)).map_err(io)?;
+    file.read_exact(&mut footer).map_err(io)?;
+    let footer = datafusion::arrow::ipc::root_as_footer(&footer).map_err(|e| format!("its footer: {e}"))?;
+    let blocks = footer.recordBatches().into_iter().flatten().chain(footer.dictionaries().into_iter().flatten());
+    for block in blocks {
+        let end = i128::from(block.offset()) + i128::from(block.metaDataLength()) + i128::from(block.bodyLength());
+        if block.offset() < 0 || block.metaDataLength() < 0 || block.bodyLength() < 0 || end > i128::from(size) {
+            return Err(format!(
+                "a block at {} ({} + {} bytes) is outside its {size} bytes",
+                block.offset(),
+                block.metaDataLength(),
+                block.bodyLength()
+            ));
+        }
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    Ok(())
 }
 
 /// Write one table of a snapshot as an Arrow IPC file, synced before returning (the checkpoint
