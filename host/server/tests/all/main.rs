@@ -11,6 +11,7 @@ mod cli;
 mod clients;
 mod crash;
 mod dashboard;
+mod faults;
 mod fuzz;
 mod golden;
 mod handlers;
