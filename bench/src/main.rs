@@ -48,9 +48,12 @@ struct Args {
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
     /// Run only these scenarios (comma-separated: wasm_vs_native, kafka, readmodel, results, log,
-    /// e2e, lifecycle, handler, metrics).
+    /// e2e, lifecycle, handler, metrics, load; load runs only when named, or in --quick).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// How long `--only load` runs.
+    #[arg(long, default_value_t = 300)]
+    load_seconds: u64,
 }
 
 /// Median and spread of repeated measurements of a rate.
@@ -812,6 +815,189 @@ fn metrics_cost(events: usize, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     ])
 }
 
+/// SQL under load (issue 14): for `seconds`, `rate` order events/s appended to the embedded log
+/// of a host running the orders projection, while `qps` queries/s in all go to the read model,
+/// half over HTTP (`POST /v1/sql`, one thread each of 8) and half over the Postgres wire (8
+/// tokio-postgres connections), alternating a point lookup and a small group-by on
+/// `customer_revenue`. Each client sends on a fixed schedule (if an answer is late the next is
+/// sent at once, never skipped). Reports queries answered per second and p50/p99 per front end,
+/// errors, the ingest rate kept, and peak RSS.
+fn load(seconds: u64, rate: usize, qps: usize) -> anyhow::Result<Vec<Figure>> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    let wasm = weir_host::build::build_plugin(&weir_host::demo::plugins_dir().join("orders"))?;
+    let (dir, config) = host_config("load", &wasm);
+    let host = weir_host::server::Host::start(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let loopback: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+    let pg = runtime.block_on(weir_sql::postgres::start(loopback, host.sql.clone()))?;
+    let (http, stop_http, server) = serve_http(&runtime, loopback, host.api_state(loopback))?;
+    reset_peak_rss();
+    let done = Arc::new(AtomicBool::new(false));
+    let query = |n: u64| {
+        if n.is_multiple_of(2) {
+            format!("SELECT orders_paid, revenue FROM customer_revenue WHERE customer_id = 'c-{:06}'", n % 10_000)
+        } else {
+            "SELECT orders_paid, count(*) AS customers FROM customer_revenue GROUP BY orders_paid ORDER BY orders_paid"
+                .to_string()
+        }
+    };
+    const CLIENTS: usize = 8;
+    let every = Duration::from_secs_f64(CLIENTS as f64 * 2.0 / qps.max(1) as f64);
+    let started = Instant::now();
+    // HTTP clients: blocking threads.
+    let http_clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let done = done.clone();
+            let url = format!("http://{http}/v1/sql");
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                let (mut latencies, mut errors, mut n) = (Vec::new(), 0u64, c as u64);
+                let mut next = Instant::now();
+                while !done.load(Ordering::Relaxed) {
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    next += every;
+                    let body = serde_json::json!({ "sql": query(n) }).to_string();
+                    let sent = Instant::now();
+                    let answered = agent
+                        .post(&url)
+                        .send(body.as_bytes())
+                        .is_ok_and(|mut r| r.status().as_u16() == 200 && r.body_mut().read_to_vec().is_ok());
+                    if answered {
+                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        errors += 1;
+                    }
+                    n += CLIENTS as u64;
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    // Postgres clients: tasks on the runtime.
+    let pg_port = pg.addr().port();
+    let pg_clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let done = done.clone();
+            runtime.spawn(async move {
+                let (mut latencies, mut errors, mut n) = (Vec::new(), 0u64, c as u64);
+                let Ok(client) = pg_connect(pg_port).await else { return (latencies, u64::MAX) };
+                let mut ticks = tokio::time::interval(every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                while !done.load(Ordering::Relaxed) {
+                    ticks.tick().await;
+                    let sent = Instant::now();
+                    match client.simple_query(&query(n)).await {
+                        Ok(_) => latencies.push(sent.elapsed().as_secs_f64() * 1000.0),
+                        Err(_) => errors += 1,
+                    }
+                    n += CLIENTS as u64;
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    // Ingest on this thread: rate/100 events every 10 ms, generated as they go.
+    let mut stream = weir_host::sample::OrderStream::new(44, 10_000);
+    let per_tick = (rate / 100).max(1);
+    let mut appended = 0usize;
+    let ticks = seconds * 100;
+    for tick in 0..ticks {
+        let due = started + Duration::from_millis(10 * tick);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let batch: Vec<_> = stream.by_ref().take(per_tick).collect();
+        appended += batch.len();
+        host.sink.append("orders", batch)?;
+    }
+    let caught_up = host.wait_caught_up(appended as u64, Duration::from_secs(600));
+    let elapsed = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let mut http_latencies = Vec::new();
+    let mut http_errors = 0;
+    for client in http_clients {
+        let (latencies, errors) = client.join().map_err(|_| anyhow::anyhow!("an HTTP client panicked"))?;
+        http_latencies.extend(latencies);
+        http_errors += errors;
+    }
+    let mut pg_latencies = Vec::new();
+    let mut pg_errors = 0;
+    for client in pg_clients {
+        let (latencies, errors) = runtime.block_on(client)?;
+        pg_latencies.extend(latencies);
+        pg_errors += errors;
+    }
+    let peak_mb = proc_status_kb("VmHWM").unwrap_or(0) as f64 / 1024.0;
+    let _ = stop_http.send(());
+    let _ = runtime.block_on(server);
+    drop(pg);
+    host.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(caught_up, "the projection never caught up with {appended} events");
+    eprintln!(
+        "load: {appended} events in {elapsed:.1} s; HTTP {} answered, {http_errors} errors; Postgres {} answered, {pg_errors} errors; peak RSS {peak_mb:.0} MB",
+        http_latencies.len(),
+        pg_latencies.len()
+    );
+    anyhow::ensure!(
+        http_errors == 0 && pg_errors == 0,
+        "queries failed under load: HTTP {http_errors}, Postgres {pg_errors}"
+    );
+    http_latencies.sort_by(f64::total_cmp);
+    pg_latencies.sort_by(f64::total_cmp);
+    let front = |name: &str, latencies: &[f64]| {
+        vec![
+            Figure {
+                scenario: "load",
+                metric: format!("{name} queries answered per second"),
+                unit: "queries/s",
+                median: latencies.len() as f64 / elapsed,
+                low: latencies.len() as f64 / elapsed,
+                high: latencies.len() as f64 / elapsed,
+                spread: "one run",
+                goal: "",
+            },
+            Figure {
+                scenario: "load",
+                metric: format!("{name} query latency under ingest"),
+                unit: "ms",
+                median: percentile(latencies, 0.5),
+                low: percentile(latencies, 0.5),
+                high: percentile(latencies, 0.99),
+                spread: "p50–p99",
+                goal: "",
+            },
+        ]
+    };
+    let mut figures = front("HTTP", &http_latencies);
+    figures.extend(front("Postgres", &pg_latencies));
+    figures.push(Figure {
+        scenario: "load",
+        metric: format!("ingest kept up, {seconds} s at {rate} events/s asked"),
+        unit: "events/s",
+        median: appended as f64 / elapsed,
+        low: appended as f64 / elapsed,
+        high: appended as f64 / elapsed,
+        spread: "one run",
+        goal: "≥ 50000",
+    });
+    figures.push(Figure {
+        scenario: "load",
+        metric: "peak RSS of the process".into(),
+        unit: "MB",
+        median: peak_mb,
+        low: peak_mb,
+        high: peak_mb,
+        spread: "one run",
+        goal: "",
+    });
+    Ok(figures)
+}
+
 /// A handler with state on the embedded log: `high-value-orders` with threshold 0, so every
 /// `OrderPlaced` (a third of the stream) is flagged with the customer's running count (a state
 /// read and write) and emitted to `order-alerts`. `events` written in batches of 10,000; timed
@@ -1245,6 +1431,11 @@ fn main() -> anyhow::Result<()> {
     }
     if run("handler") {
         figures.extend(handler(events, repeats)?);
+    }
+    if args.only.iter().any(|o| o == "load") || (args.quick && args.only.is_empty()) {
+        // Not in a full run by default: it takes `--load-seconds` (5 minutes unless set).
+        let seconds = if args.quick { 2 } else { args.load_seconds };
+        figures.extend(load(seconds, if args.quick { 5_000 } else { 50_000 }, if args.quick { 100 } else { 1_000 })?);
     }
     if run("metrics") {
         figures.extend(metrics_cost(events, repeats)?);
