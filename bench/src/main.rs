@@ -714,6 +714,34 @@ fn end_to_end_embedded(events: usize, repeats: usize) -> anyhow::Result<Figure> 
     })
 }
 
+/// A rate figure: median and min–max of `r`.
+fn rate_figure(scenario: &'static str, metric: String, r: &Rate) -> Figure {
+    Figure {
+        scenario,
+        metric,
+        unit: "events/s",
+        median: r.median,
+        low: r.min,
+        high: r.max,
+        spread: "min–max",
+        goal: "",
+    }
+}
+
+/// `a / b` of two rates' medians, with the worst and best pairing.
+fn ratio_figure(scenario: &'static str, metric: &str, a: &Rate, b: &Rate) -> Figure {
+    Figure {
+        scenario,
+        metric: metric.into(),
+        unit: "ratio",
+        median: a.median / b.median,
+        low: a.min / b.max,
+        high: a.max / b.min,
+        spread: "worst–best",
+        goal: "",
+    }
+}
+
 /// What metrics cost: the end-to-end run of [`end_to_end_embedded`] with metrics on (every
 /// plugin's work counted per partition, its batches timed, and `/metrics` rendered every second
 /// as a Prometheus scrape would) and off (`[server] metrics = false`: totals only), alternating
@@ -785,26 +813,8 @@ fn metrics_cost(events: usize, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     }
     let [on, off] = rates.map(Rate::of);
     let [pipeline_on, pipeline_off] = pipeline_rates.map(Rate::of);
-    let figure = |metric: String, r: &Rate| Figure {
-        scenario: "metrics",
-        metric,
-        unit: "events/s",
-        median: r.median,
-        low: r.min,
-        high: r.max,
-        spread: "min–max",
-        goal: "",
-    };
-    let ratio = |metric: &str, on: &Rate, off: &Rate| Figure {
-        scenario: "metrics",
-        metric: metric.into(),
-        unit: "ratio",
-        median: on.median / off.median,
-        low: on.min / off.max,
-        high: on.max / off.min,
-        spread: "worst–best",
-        goal: "",
-    };
+    let figure = |metric: String, r: &Rate| rate_figure("metrics", metric, r);
+    let ratio = |metric: &str, a: &Rate, b: &Rate| ratio_figure("metrics", metric, a, b);
     Ok(vec![
         figure(format!("{events} events end to end, metrics on ({scrapes} scrapes)"), &on),
         figure(format!("{events} events end to end, metrics off"), &off),
@@ -914,8 +924,13 @@ fn load(seconds: u64, rate: usize, qps: usize) -> anyhow::Result<Vec<Figure>> {
         appended += batch.len();
         host.sink.append("orders", batch)?;
     }
-    let caught_up = host.wait_caught_up(appended as u64, Duration::from_secs(600));
+    let appending = started.elapsed().as_secs_f64();
+    // Applied by the projection when the queries stop (it may be behind: that is a figure too).
     let elapsed = started.elapsed().as_secs_f64();
+    let applied_at_end: u64 = {
+        let status = host.status.read().unwrap_or_else(|e| e.into_inner());
+        status.lag.iter().map(|l| l.position).sum()
+    };
     done.store(true, Ordering::Relaxed);
     let mut http_latencies = Vec::new();
     let mut http_errors = 0;
@@ -937,15 +952,11 @@ fn load(seconds: u64, rate: usize, qps: usize) -> anyhow::Result<Vec<Figure>> {
     drop(pg);
     host.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
-    anyhow::ensure!(caught_up, "the projection never caught up with {appended} events");
     eprintln!(
-        "load: {appended} events in {elapsed:.1} s; HTTP {} answered, {http_errors} errors; Postgres {} answered, {pg_errors} errors; peak RSS {peak_mb:.0} MB",
+        "load: {appended} events appended in {appending:.1} s ({seconds} s asked), {applied_at_end} applied when the \
+         queries stopped; HTTP {} answered, {http_errors} errors; Postgres {} answered, {pg_errors} errors; peak RSS {peak_mb:.0} MB",
         http_latencies.len(),
         pg_latencies.len()
-    );
-    anyhow::ensure!(
-        http_errors == 0 && pg_errors == 0,
-        "queries failed under load: HTTP {http_errors}, Postgres {pg_errors}"
     );
     http_latencies.sort_by(f64::total_cmp);
     pg_latencies.sort_by(f64::total_cmp);
@@ -975,16 +986,19 @@ fn load(seconds: u64, rate: usize, qps: usize) -> anyhow::Result<Vec<Figure>> {
     };
     let mut figures = front("HTTP", &http_latencies);
     figures.extend(front("Postgres", &pg_latencies));
-    figures.push(Figure {
+    let one = |metric: String, unit: &'static str, value: f64, goal: &'static str| Figure {
         scenario: "load",
-        metric: format!("ingest kept up, {seconds} s at {rate} events/s asked"),
-        unit: "events/s",
-        median: appended as f64 / elapsed,
-        low: appended as f64 / elapsed,
-        high: appended as f64 / elapsed,
+        metric,
+        unit,
+        median: value,
+        low: value,
+        high: value,
         spread: "one run",
-        goal: "≥ 50000",
-    });
+        goal,
+    };
+    figures.push(one(format!("appended, {rate} events/s asked"), "events/s", appended as f64 / appending, "≥ 50000"));
+    figures.push(one("applied under the query load".into(), "events/s", applied_at_end as f64 / elapsed, "≥ 50000"));
+    figures.push(one("failed queries (HTTP + Postgres)".into(), "queries", (http_errors + pg_errors) as f64, "0"));
     figures.push(Figure {
         scenario: "load",
         metric: "peak RSS of the process".into(),
@@ -1032,29 +1046,10 @@ fn handler(events: usize, repeats: usize) -> anyhow::Result<Vec<Figure>> {
         }
     }
     let [exactly, at_least] = rates.map(Rate::of);
-    let figure = |metric: String, r: &Rate| Figure {
-        scenario: "handler",
-        metric,
-        unit: "events/s",
-        median: r.median,
-        low: r.min,
-        high: r.max,
-        spread: "min–max",
-        goal: "",
-    };
     Ok(vec![
-        figure(format!("{handled} in = out, effectively once (journaled)"), &exactly),
-        figure(format!("{handled} in = out, at least once"), &at_least),
-        Figure {
-            scenario: "handler",
-            metric: "effectively once / at least once (medians)".into(),
-            unit: "ratio",
-            median: exactly.median / at_least.median,
-            low: exactly.min / at_least.max,
-            high: exactly.max / at_least.min,
-            spread: "worst–best",
-            goal: "",
-        },
+        rate_figure("handler", format!("{handled} in = out, effectively once (journaled)"), &exactly),
+        rate_figure("handler", format!("{handled} in = out, at least once"), &at_least),
+        ratio_figure("handler", "effectively once / at least once (medians)", &exactly, &at_least),
     ])
 }
 

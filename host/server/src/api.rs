@@ -672,15 +672,20 @@ async fn produce(
         status: StatusCode::SERVICE_UNAVAILABLE,
         message: "this host has no event sink to write to".into(),
     })?;
-    let events =
-        parse_events(&topic, &body, &options).map_err(|e| bad(format!("{topic}: {e}; nothing was written")))?;
-    if events.is_empty() {
-        return Err(bad(format!("{topic}: the body holds no events")));
-    }
-    let count = events.len();
-    let written = tokio::task::spawn_blocking(move || sink.append(&topic, events))
-        .await
-        .map_err(|e| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() })?;
+    // Parsing a body (up to 256 MiB) and appending it are both blocking work: off the async
+    // threads, so one large request does not hold up every other.
+    let written = tokio::task::spawn_blocking(move || {
+        let events =
+            parse_events(&topic, &body, &options).map_err(|e| bad(format!("{topic}: {e}; nothing was written")))?;
+        if events.is_empty() {
+            return Err(bad(format!("{topic}: the body holds no events")));
+        }
+        let count = events.len();
+        Ok((count, sink.append(&topic, events)))
+    })
+    .await
+    .map_err(|e| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() })?;
+    let (count, written) = written?;
     let positions = written.map_err(|e| match e {
         SourceError::Invalid(_) => bad(e.to_string()),
         SourceError::TooLarge(_) => {

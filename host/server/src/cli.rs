@@ -906,21 +906,7 @@ fn status_screen(status: &Status, tables: &[TableInfo], previous: Option<(u64, &
     for p in status.plugins.iter().filter(|p| p.stopped.is_some()) {
         out += &format!("{} stopped: {}\n", p.info.name, p.stopped.as_deref().unwrap_or_default());
     }
-    let lag: Vec<Vec<String>> = status
-        .lag
-        .iter()
-        .map(|l| {
-            vec![
-                l.plugin.clone(),
-                format!("{}/{}", l.topic, l.partition),
-                thousands(l.position),
-                thousands(l.end),
-                thousands(l.lag),
-                if l.lag > 0 { format!("{:.1} s", l.lag_seconds) } else { "0".into() },
-            ]
-        })
-        .collect();
-    out += &weir_host::demo::table_text("lag", &["plugin", "partition", "position", "end", "lag", "behind"], &lag);
+    out += &lag_table(&status.lag);
     let tables: Vec<Vec<String>> = tables
         .iter()
         .map(|t| vec![t.qualified_name.clone(), thousands(t.rows as u64), human_bytes(t.bytes as u64)])
@@ -985,8 +971,8 @@ fn dlq_action(host: &HostArgs, name: &str, action: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The lag table: plugin, partition, position, end, lag.
-fn print_lag(lag: &[weir_host::status::Lag]) {
+/// The lag table: plugin, partition, position, end, lag, how far behind in seconds.
+fn lag_table(lag: &[weir_host::status::Lag]) -> String {
     let rows: Vec<Vec<String>> = lag
         .iter()
         .map(|l| {
@@ -996,10 +982,16 @@ fn print_lag(lag: &[weir_host::status::Lag]) {
                 thousands(l.position),
                 thousands(l.end),
                 thousands(l.lag),
+                if l.lag > 0 { format!("{:.1} s", l.lag_seconds) } else { "0".into() },
             ]
         })
         .collect();
-    weir_host::demo::print_table("lag", &["plugin", "partition", "position", "end", "lag"], &rows);
+    weir_host::demo::table_text("lag", &["plugin", "partition", "position", "end", "lag", "behind"], &rows)
+}
+
+fn print_lag(lag: &[weir_host::status::Lag]) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(lag_table(lag).as_bytes());
 }
 
 /// `weir sql`: POST the query to a running host and print the answer.

@@ -18,21 +18,9 @@ use std::time::{Duration, Instant};
 use crate::handlers::read_topic;
 use crate::kafka::{create_topic, read_all};
 use crate::lifecycle::{deploy, number, serve, tally, wait_applied};
-use crate::support::{Tansu, WeirProcess, write_config};
+use crate::support::{Rng, Tansu, WeirProcess, write_config};
 
 const KEYS: usize = 13;
-
-/// A small deterministic random source (xorshift64*), so a failing run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n.max(1)
-    }
-}
 
 /// What the test produced, and so what every read model must hold.
 #[derive(Default)]

@@ -20,17 +20,14 @@ use weir_host::config::Config;
 use weir_host::pipeline::Pipeline;
 use weir_log::{EmbeddedLog, LogConfig};
 
-use crate::support::{load, repo, runtime};
+use crate::support::{Rng, load, repo, runtime};
 
-/// A deterministic mutator (xorshift64*).
-struct Mutator(u64);
+/// A deterministic mutator.
+struct Mutator(Rng);
 
 impl Mutator {
     fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n.max(1)
+        self.0.below(n)
     }
 
     /// Bytes the decoders care about.
@@ -139,7 +136,7 @@ fn fuzz(target: &str, mut seeds: Vec<Vec<u8>>, check: impl Fn(&[u8])) {
     }
     seeds.extend(corpus.into_iter().map(|(_, bytes)| bytes));
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    let mut mutator = Mutator(seed);
+    let mut mutator = Mutator(Rng(seed));
     let started = Instant::now();
     let mut runs = 0u64;
     while started.elapsed() < Duration::from_secs_f64(budget) {

@@ -101,6 +101,20 @@ pub fn clients_python() -> PathBuf {
     python
 }
 
+/// A small deterministic random source (xorshift64*): the crash matrix's kill points and the
+/// fuzzer's mutations, repeatable from the seed they print.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n.max(1)
+    }
+}
+
 /// A `weir` child process, killed (SIGKILL) when dropped unless stopped first.
 pub struct WeirProcess {
     child: std::process::Child,
