@@ -714,6 +714,11 @@ fn end_to_end_embedded(events: usize, repeats: usize) -> anyhow::Result<Figure> 
     })
 }
 
+/// A figure measured once.
+fn single_figure(scenario: &'static str, metric: String, unit: &'static str, value: f64, goal: &'static str) -> Figure {
+    Figure { scenario, metric, unit, median: value, low: value, high: value, spread: "one run", goal }
+}
+
 /// A rate figure: median and min–max of `r`.
 fn rate_figure(scenario: &'static str, metric: String, r: &Rate) -> Figure {
     Figure {
@@ -986,15 +991,8 @@ fn load(seconds: u64, rate: usize, qps: usize) -> anyhow::Result<Vec<Figure>> {
     };
     let mut figures = front("HTTP", &http_latencies);
     figures.extend(front("Postgres", &pg_latencies));
-    let one = |metric: String, unit: &'static str, value: f64, goal: &'static str| Figure {
-        scenario: "load",
-        metric,
-        unit,
-        median: value,
-        low: value,
-        high: value,
-        spread: "one run",
-        goal,
+    let one = |metric: String, unit: &'static str, value: f64, goal: &'static str| {
+        single_figure("load", metric, unit, value, goal)
     };
     figures.push(one(format!("appended, {rate} events/s asked"), "events/s", appended as f64 / appending, "≥ 50000"));
     figures.push(one("applied under the query load".into(), "events/s", applied_at_end as f64 / elapsed, "≥ 50000"));
@@ -1234,15 +1232,8 @@ fn lifecycle(events: usize, swaps: usize) -> anyhow::Result<Vec<Figure>> {
     let _ = std::fs::remove_dir_all(&dir);
     pauses.sort_by(f64::total_cmp);
     round_trips.sort_by(f64::total_cmp);
-    let single = |metric: String, unit: &'static str, value: f64, goal: &'static str| Figure {
-        scenario: "lifecycle",
-        metric,
-        unit,
-        median: value,
-        low: value,
-        high: value,
-        spread: "one run",
-        goal,
+    let single = |metric: String, unit: &'static str, value: f64, goal: &'static str| {
+        single_figure("lifecycle", metric, unit, value, goal)
     };
     Ok(vec![
         single(format!("deploy orders over {events} events: catch-up rate"), "events/s", catch_up, ""),
