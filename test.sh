@@ -97,6 +97,14 @@ if ! "$WEIR_CLIENTS_PYTHON" -c "import psycopg, sqlalchemy, asyncpg, adbc_driver
 fi
 export WEIR_CLIENTS_PYTHON
 
+# The benchmark's peer (issue 17): quixstreams, a Python stream processor, runs the same minimal
+# projection from the same topic in the Kafka scenario. Pinned, in a virtualenv of its own.
+WEIR_PEERS_PYTHON="$tools/peers-venv/bin/python"
+if ! "$WEIR_PEERS_PYTHON" -c "import quixstreams" 2>/dev/null; then
+    venv_install "$tools/peers-venv" "quixstreams==3.28.1"
+fi
+export WEIR_PEERS_PYTHON
+
 # The scripts themselves.
 begin "checking the scripts with shellcheck" "fix what shellcheck printed above"
 shellcheck test.sh .ci/run host/server/tests/fuzz/run.sh

@@ -48,7 +48,7 @@ struct Args {
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
     /// Run only these scenarios (comma-separated: wasm_vs_native, kafka, readmodel, results, log,
-    /// e2e, lifecycle, handler, metrics, load; load runs only when named, or in --quick).
+    /// e2e, plugins, lifecycle, handler, metrics, load; load runs only when named, or in --quick).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How long `--only load` runs.
@@ -80,6 +80,8 @@ impl Rate {
 #[derive(Debug, serde::Serialize)]
 struct Comparison {
     scenario: &'static str,
+    /// What was measured (which plugin).
+    what: String,
     unit: &'static str,
     events: usize,
     batch: usize,
@@ -147,15 +149,20 @@ fn to_sdk_event(e: &weir_core::event::Event) -> weir_sdk::Event {
     }
 }
 
-/// The orders projection, wasm through the runtime vs the same logic natively.
-fn wasm_vs_native(events: usize, repeats: usize, batch: usize) -> anyhow::Result<Comparison> {
-    let orders_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/orders");
-    let wasm = weir_host::build::build_plugin(&orders_dir)?;
+/// A projection, wasm through the runtime vs the same crate compiled natively (driven by
+/// weir-sdk's harness, the code path the wasm export runs), over the same events.
+fn wasm_vs_native<P: weir_sdk::Projection>(
+    plugin: &str,
+    host_events: &[weir_core::event::Event],
+    repeats: usize,
+    batch: usize,
+) -> anyhow::Result<Comparison> {
+    let wasm = weir_host::build::build_plugin(&weir_host::demo::plugins_dir().join(plugin))?;
     let runtime = PluginRuntime::new(Limits::default(), None)?;
-    let host_events = OrderStream::take_events(1, 10_000, events);
+    let events = host_events.len();
     let sdk_events: Vec<weir_sdk::Event> = host_events.iter().map(to_sdk_event).collect();
     let mean_payload = host_events.iter().map(|e| e.payload.len()).sum::<usize>() / events.max(1);
-    eprintln!("wasm_vs_native: {events} events, mean payload {mean_payload} bytes, batches of {batch}");
+    eprintln!("wasm_vs_native ({plugin}): {events} events, mean payload {mean_payload} bytes, batches of {batch}");
 
     let (mut wasm_rates, mut native_rates) = (Vec::new(), Vec::new());
     for repeat in 0..repeats {
@@ -170,7 +177,7 @@ fn wasm_vs_native(events: usize, repeats: usize, batch: usize) -> anyhow::Result
         }
         let wasm_rate = events as f64 / started.elapsed().as_secs_f64();
 
-        let mut harness = weir_sdk::testing::ProjectionHarness::<orders::Orders>::new();
+        let mut harness = weir_sdk::testing::ProjectionHarness::<P>::new();
         let started = Instant::now();
         let mut native_changes = 0usize;
         for chunk in sdk_events.chunks(batch) {
@@ -187,6 +194,7 @@ fn wasm_vs_native(events: usize, repeats: usize, batch: usize) -> anyhow::Result
     let (subject, baseline) = (Rate::of(wasm_rates), Rate::of(native_rates));
     Ok(Comparison {
         scenario: "wasm_vs_native",
+        what: format!("{plugin} projection"),
         unit: "events/s",
         events,
         batch,
@@ -682,36 +690,109 @@ fn host_config(scenario: &str, wasm: &Path) -> (PathBuf, weir_host::config::Conf
     (dir, config)
 }
 
-/// End to end on the embedded log: a host running the orders projection; `events` written to
-/// its log in batches of 10,000; the time from the first write until every event is in the read
-/// model (and published to queries).
-fn end_to_end_embedded(events: usize, repeats: usize) -> anyhow::Result<Figure> {
-    let wasm = weir_host::build::build_plugin(&weir_host::demo::plugins_dir().join("orders"))?;
-    let sample = weir_host::sample::OrderStream::take_events(42, 1_000, events);
+/// What the end-to-end scenarios run: a projection and the events it reads.
+struct Workload {
+    plugin: &'static str,
+    topic: &'static str,
+    events: Vec<weir_core::event::Event>,
+    /// BENCHMARKS.md's goal for its end-to-end rate.
+    goal: &'static str,
+}
+
+impl Workload {
+    /// The orders projection over the generated order stream.
+    fn orders(events: usize) -> Workload {
+        Workload {
+            plugin: "orders",
+            topic: weir_host::sample::ORDERS_TOPIC,
+            events: weir_host::sample::OrderStream::take_events(42, 1_000, events),
+            goal: "≥ 500000",
+        }
+    }
+
+    /// The minimal projection (one state read, one upsert per event) over 100k accounts.
+    fn minimal(events: usize) -> Workload {
+        Workload {
+            plugin: "account-balances",
+            topic: weir_host::sample::TRANSACTIONS_TOPIC,
+            events: weir_host::sample::TransactionStream::take_events(42, 100_000, events),
+            goal: "≥ 1000000",
+        }
+    }
+
+    fn wasm(&self) -> anyhow::Result<PathBuf> {
+        Ok(weir_host::build::build_plugin(&weir_host::demo::plugins_dir().join(self.plugin))?)
+    }
+
+    /// Start `host`, write every event to its log in batches of 10,000, and return the rate from
+    /// the first write until every event is processed by every plugin and published.
+    fn run(&self, config: &weir_host::config::Config) -> anyhow::Result<f64> {
+        let host = weir_host::server::Host::start(config)?;
+        let started = Instant::now();
+        for chunk in self.events.chunks(10_000) {
+            host.sink.append(self.topic, chunk.to_vec())?;
+        }
+        let n = self.events.len() as u64;
+        anyhow::ensure!(host.wait_caught_up(n, std::time::Duration::from_secs(600)), "never caught up");
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        host.shutdown();
+        Ok(rate)
+    }
+}
+
+/// End to end on the embedded log: a host running the workload's projection; its events written
+/// to its log in batches of 10,000; the time from the first write until every event is in the
+/// read model (and published to queries).
+fn end_to_end_embedded(workload: &Workload, repeats: usize) -> anyhow::Result<Figure> {
+    let wasm = workload.wasm()?;
     let mut rates = Vec::new();
     for _ in 0..repeats {
         let (dir, config) = host_config("e2e", &wasm);
-        let host = weir_host::server::Host::start(&config)?;
-        let started = Instant::now();
-        for chunk in sample.chunks(10_000) {
-            host.sink.append("orders", chunk.to_vec())?;
-        }
-        anyhow::ensure!(host.wait_caught_up(events as u64, std::time::Duration::from_secs(600)), "never caught up");
-        rates.push(events as f64 / started.elapsed().as_secs_f64());
-        host.shutdown();
+        rates.push(workload.run(&config)?);
         let _ = std::fs::remove_dir_all(&dir);
     }
     let r = Rate::of(rates);
     Ok(Figure {
-        scenario: "e2e",
-        metric: format!("embedded log → orders (wasm) → Arrow, {events} events"),
-        unit: "events/s",
-        median: r.median,
-        low: r.min,
-        high: r.max,
-        spread: "min–max",
-        goal: "≥ 1000000",
+        goal: workload.goal,
+        ..rate_figure(
+            "e2e",
+            format!("embedded log → {} (wasm) → Arrow, {} events", workload.plugin, workload.events.len()),
+            &r,
+        )
     })
+}
+
+/// Several plugins on one topic: the two minimal projections of the transactions topic
+/// (`account-balances` and `merchant-totals`) in one host, run one after another on the ingest
+/// thread (`[server] plugin_threads = 1`) and side by side (the default: one thread per plugin
+/// and core), alternating which goes first.
+fn plugins_side_by_side(workload: &Workload, repeats: usize) -> anyhow::Result<Vec<Figure>> {
+    let wasm = workload.wasm()?;
+    let second = weir_host::build::build_plugin(&weir_host::demo::plugins_dir().join("merchant-totals"))?;
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for repeat in 0..repeats {
+        for side_by_side in [repeat % 2 == 0, repeat % 2 == 1] {
+            let (dir, mut config) = host_config("plugins", &wasm);
+            config.plugins.push(weir_host::config::PluginConfig { path: second.clone(), ..Default::default() });
+            config.server.plugin_threads = if side_by_side { 0 } else { 1 };
+            let rate = workload.run(&config)?;
+            let how = if side_by_side { "side by side" } else { "one after another" };
+            eprintln!("  2 plugins {how}: {rate:.0} events/s");
+            rates[usize::from(side_by_side)].push(rate);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let (sequential, parallel) = (Rate::of(std::mem::take(&mut rates[0])), Rate::of(std::mem::take(&mut rates[1])));
+    let metric =
+        |how: &str| format!("account-balances + merchant-totals on one topic, {how}, {} events", workload.events.len());
+    Ok(vec![
+        rate_figure("plugins", metric("one after another"), &sequential),
+        rate_figure("plugins", metric("side by side"), &parallel),
+        Figure {
+            goal: "≥ 1.7",
+            ..ratio_figure("plugins", "2 plugins side by side / one after another", &parallel, &sequential)
+        },
+    ])
 }
 
 /// A figure measured once.
@@ -1272,15 +1353,18 @@ impl Drop for Broker {
     }
 }
 
-/// End to end through Kafka: `events` produced to a 4-partition topic of a tansu broker; then, in
-/// the same run, a raw rdkafka consumer reading them all (the baseline) and a real `Host` with the
-/// orders projection reading them all in a consumer group (weir). Needs `WEIR_TANSU`.
-fn kafka_vs_raw(events: usize, repeats: usize) -> anyhow::Result<Option<Comparison>> {
+/// End to end through Kafka: the workload's events produced to a 4-partition topic of a tansu
+/// broker; then, in the same run, a raw rdkafka consumer reading them all (the baseline), a real
+/// `Host` with the workload's projection reading them all in a consumer group (weir), and, when
+/// `WEIR_PEERS_PYTHON` names a Python with quixstreams, the same projection in quixstreams (the
+/// peer). Needs `WEIR_TANSU`.
+fn kafka_vs_raw(workload: &Workload, repeats: usize) -> anyhow::Result<Vec<Comparison>> {
+    let events = workload.events.len();
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
     let Some(tansu) = std::env::var_os("WEIR_TANSU").filter(|p| std::path::Path::new(p).is_file()) else {
         eprintln!("kafka: skipped (set WEIR_TANSU to the tansu broker binary; ./test.sh installs it)");
-        return Ok(None);
+        return Ok(Vec::new());
     };
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let url = format!("tcp://127.0.0.1:{port}");
@@ -1319,18 +1403,26 @@ fn kafka_vs_raw(events: usize, repeats: usize) -> anyhow::Result<Option<Comparis
         let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
             ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let topic = rdkafka::admin::NewTopic::new("orders", 4, rdkafka::admin::TopicReplication::Fixed(1));
+        // Retention set explicitly: quixstreams reads it from the topic's config to size its
+        // changelog topics, and tansu reports only what the topic was created with.
+        let topic = rdkafka::admin::NewTopic::new(workload.topic, 4, rdkafka::admin::TopicReplication::Fixed(1))
+            .set("retention.ms", "-1")
+            .set("retention.bytes", "-1");
         for r in runtime.block_on(admin.create_topics(&[topic], &rdkafka::admin::AdminOptions::new()))? {
             r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
         }
     }
     let sink = weir_kafka::KafkaSink::new(&kafka)?;
-    for chunk in weir_host::sample::OrderStream::take_events(42, 1_000, events).chunks(10_000) {
+    for chunk in workload.events.chunks(10_000) {
         use weir_core::source::EventSink;
-        sink.append("orders", chunk.to_vec())?;
+        sink.append(workload.topic, chunk.to_vec())?;
     }
-    let wasm = weir_host::build::build_plugin(&weir_host::demo::plugins_dir().join("orders"))?;
-    let (mut raw, mut weir) = (Vec::new(), Vec::new());
+    let wasm = workload.wasm()?;
+    let peer = std::env::var_os("WEIR_PEERS_PYTHON").filter(|p| Path::new(p).is_file());
+    if peer.is_none() {
+        eprintln!("kafka: the quixstreams peer is skipped (set WEIR_PEERS_PYTHON; ./test.sh installs it)");
+    }
+    let (mut raw, mut weir, mut quix) = (Vec::new(), Vec::new(), Vec::new());
     for repeat in 0..repeats {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
@@ -1339,7 +1431,7 @@ fn kafka_vs_raw(events: usize, repeats: usize) -> anyhow::Result<Option<Comparis
             .create()?;
         let mut assignment = TopicPartitionList::new();
         for p in 0..4 {
-            assignment.add_partition_offset("orders", p, Offset::Beginning)?;
+            assignment.add_partition_offset(workload.topic, p, Offset::Beginning)?;
         }
         consumer.assign(&assignment)?;
         let started = Instant::now();
@@ -1373,18 +1465,86 @@ fn kafka_vs_raw(events: usize, repeats: usize) -> anyhow::Result<Option<Comparis
         weir.push((events as u64 - first) as f64 / started.elapsed().as_secs_f64());
         host.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
+
+        if let Some(python) = &peer {
+            let rate = quixstreams_rate(python, &brokers, workload.topic, &format!("quix-{repeat}"), events)?;
+            eprintln!("  repeat {}: quixstreams {rate:.0} events/s", repeat + 1);
+            quix.push(rate);
+        }
     }
-    let (subject, baseline) = (Rate::of(weir), Rate::of(raw));
-    Ok(Some(Comparison {
-        scenario: "kafka_vs_raw",
-        unit: "events/s",
-        events,
-        batch: 1024,
-        ratio: subject.median / baseline.median,
-        subject,
-        baseline,
-        goal: 0.8,
-    }))
+    let weir = Rate::of(weir);
+    let mut comparisons = Vec::new();
+    if !quix.is_empty() {
+        let baseline = Rate::of(quix);
+        comparisons.push(Comparison {
+            scenario: "kafka_vs_peer",
+            what: format!("{} vs quixstreams", workload.plugin),
+            unit: "events/s",
+            events,
+            batch: 1024,
+            ratio: weir.median / baseline.median,
+            subject: weir.clone(),
+            baseline,
+            goal: 10.0,
+        });
+    }
+    let (subject, baseline) = (weir, Rate::of(raw));
+    comparisons.insert(
+        0,
+        Comparison {
+            scenario: "kafka_vs_raw",
+            what: format!("{} projection", workload.plugin),
+            unit: "events/s",
+            events,
+            batch: 1024,
+            ratio: subject.median / baseline.median,
+            subject,
+            baseline,
+            goal: 0.8,
+        },
+    );
+    Ok(comparisons)
+}
+
+/// The peer: quixstreams (`bench/peers/quixstreams_balances.py`, run by `python`) doing the
+/// minimal projection over `topic` in a consumer group of its own; events/s from its first event
+/// to its last, as it reports them.
+fn quixstreams_rate(
+    python: &std::ffi::OsStr,
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    events: usize,
+) -> anyhow::Result<f64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/quixstreams_balances.py");
+    let state = tempfile_dir(group)?;
+    let output = std::process::Command::new(python)
+        .args(["-W", "ignore"])
+        .arg(&script)
+        .args([brokers, topic, group, &events.to_string()])
+        .arg(&state)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let _ = std::fs::remove_dir_all(&state);
+    anyhow::ensure!(output.status.success(), "{} failed: {}", script.display(), output.status);
+    #[derive(serde::Deserialize)]
+    struct Report {
+        events: usize,
+        seconds: f64,
+    }
+    let report: Report = serde_json::from_slice(&output.stdout).map_err(|e| {
+        anyhow::anyhow!("{} printed {:?}: {e}", script.display(), String::from_utf8_lossy(&output.stdout))
+    })?;
+    anyhow::ensure!(report.events == events, "quixstreams processed {} of {events} events", report.events);
+    Ok(events as f64 / report.seconds)
+}
+
+/// A fresh scratch directory for `what`.
+fn tempfile_dir(what: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("weir-bench-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -1397,10 +1557,18 @@ fn main() -> anyhow::Result<()> {
     let run = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut comparisons = Vec::new();
     if run("wasm_vs_native") {
-        comparisons.push(wasm_vs_native(events, repeats, args.batch)?);
+        let orders = weir_host::sample::OrderStream::take_events(1, 10_000, events);
+        comparisons.push(wasm_vs_native::<orders::Orders>("orders", &orders, repeats, args.batch)?);
+        let transactions = weir_host::sample::TransactionStream::take_events(1, 100_000, events);
+        comparisons.push(wasm_vs_native::<account_balances::AccountBalances>(
+            "account-balances",
+            &transactions,
+            repeats,
+            args.batch,
+        )?);
     }
     if run("kafka") {
-        comparisons.extend(kafka_vs_raw(events, repeats)?);
+        comparisons.extend(kafka_vs_raw(&Workload::minimal(events), repeats)?);
     }
     let mut figures = Vec::new();
     if run("readmodel") {
@@ -1426,8 +1594,12 @@ fn main() -> anyhow::Result<()> {
     if run("metrics") {
         figures.extend(metrics_cost(events, repeats)?);
     }
+    if run("plugins") {
+        figures.extend(plugins_side_by_side(&Workload::minimal(events), repeats)?);
+    }
     if run("e2e") {
-        figures.push(end_to_end_embedded(events, repeats)?);
+        figures.push(end_to_end_embedded(&Workload::minimal(events), repeats)?);
+        figures.push(end_to_end_embedded(&Workload::orders(events), repeats)?);
         let seconds = if args.quick { 1 } else { 5 };
         for publish_ms in [100, 10] {
             figures.push(latency_at_rate(20_000, seconds, publish_ms)?);
@@ -1435,13 +1607,14 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "\n{:<16} {:<10} {:>34} {:>34} {:>7} {:>6}",
-        "scenario", "unit", "weir (median, min–max)", "baseline (median, min–max)", "ratio", "goal"
+        "\n{:<16} {:<30} {:<10} {:>34} {:>34} {:>7} {:>6}",
+        "scenario", "what", "unit", "weir (median, min–max)", "baseline (median, min–max)", "ratio", "goal"
     );
     for c in &comparisons {
         println!(
-            "{:<16} {:<10} {:>34} {:>34} {:>7.2} {:>6}",
+            "{:<16} {:<30} {:<10} {:>34} {:>34} {:>7.2} {:>6}",
             c.scenario,
+            c.what,
             c.unit,
             c.subject.show(),
             c.baseline.show(),

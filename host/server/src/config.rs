@@ -89,6 +89,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Events per plugin call.
     pub batch_size: usize,
+    /// Threads plugins run on: the plugins a batch goes to process it side by side, one thread
+    /// each (up to this many at once). 0 (the default): one per core. 1: one after another on
+    /// the ingest thread.
+    pub plugin_threads: usize,
     /// Longest time, in milliseconds, between an event being applied and queries seeing it.
     pub publish_interval_ms: u64,
     /// Milliseconds between the ticks written to `weir.ticks` while a handler reads them
@@ -119,6 +123,7 @@ impl Default for ServerConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 7070)),
             data_dir: PathBuf::from("data"),
             batch_size: 1024,
+            plugin_threads: 0,
             publish_interval_ms: 100,
             tick_ms: 1_000,
             effectively_once: true,

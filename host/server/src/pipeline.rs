@@ -23,7 +23,7 @@ use crate::status::{PluginState, PluginStatus, RebuildStatus};
 
 use weir_core::event::{Event, PositionMap, StartAt};
 use weir_core::meter::LatencyHistogram;
-use weir_core::row::TableSchema;
+use weir_core::row::{RowChanges, TableSchema};
 use weir_core::source::{EventSink, PartitionEnd, Source};
 use weir_runtime::{EventError, Failure, KeyedState, Plugin, PluginKind, SharedLogs};
 use weir_sql::query::{Catalog, QueryError};
@@ -40,6 +40,11 @@ type TopicEnds = BTreeMap<String, Vec<(u32, u64)>>;
 
 /// How often status reads where the dead-letter topics end.
 const DEAD_LETTER_ENDS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A projection's batch goes through its plugin in this many parts when a worker applies one
+/// part's row changes while the plugin computes the next; parts are at least [`MIN_PART`] events.
+const PIPELINE_PARTS: usize = 8;
+const MIN_PART: usize = 64;
 
 /// Fingerprints of earlier versions a plugin accepts checkpoints of (swaps between checkpoints).
 pub const MAX_TAKEN_OVER: usize = 16;
@@ -176,6 +181,7 @@ impl Slot {
         events: &[Event],
         runs: &[(usize, usize)],
         sink: Option<&dyn EventSink>,
+        workers: Option<&rayon::ThreadPool>,
         outcome: &mut BatchOutcome,
     ) {
         let info = self.plugin.info();
@@ -216,17 +222,53 @@ impl Slot {
         let mut produced = Vec::with_capacity(if self.meter.on { wanted.len() } else { 0 });
         match &mut self.model {
             Some(model) => {
-                let results = self.plugin.apply(&wanted);
-                processed = results.len();
-                for (event, result) in wanted.iter().zip(results) {
-                    if self.meter.on {
-                        produced.push(result.as_ref().map_or(0, |changes| changes.len() as u64));
+                // Two stages: the plugin's calls, and applying what each returned to the read
+                // model. With workers, the batch goes through the plugin in parts and a worker
+                // applies each part while the plugin works on the next one. Either way every
+                // change is applied, in event order, before this returns.
+                let (metered, label) = (self.meter.on, self.plugin.info().label());
+                let plugin = &mut self.plugin;
+                let (ok, failures, produced) = (&mut self.ok, &mut failures, &mut produced);
+                let mut apply = |start: usize, results: Vec<Result<RowChanges, EventError>>| {
+                    for (event, result) in wanted[start..].iter().zip(results) {
+                        if metered {
+                            produced.push(result.as_ref().map_or(0, |changes| changes.len() as u64));
+                        }
+                        match result
+                            .and_then(|changes| model.apply(changes).map_err(|e| model_failure(&label, event, e)))
+                        {
+                            Ok(()) => *ok += 1,
+                            Err(e) => failures.push((event.clone(), e)),
+                        }
                     }
-                    let applied = result
-                        .and_then(|changes| model.apply(changes).map_err(|e| model_failure(&self.plugin, event, e)));
-                    match applied {
-                        Ok(()) => self.ok += 1,
-                        Err(e) => failures.push((event.clone(), e)),
+                };
+                let part = (wanted.len() / PIPELINE_PARTS).max(MIN_PART);
+                match workers {
+                    Some(workers) if wanted.len() > part => {
+                        let (results_tx, results_rx) = std::sync::mpsc::channel();
+                        let mut called = 0;
+                        workers.scope(|scope| {
+                            scope.spawn(move |_| {
+                                for (start, results) in results_rx {
+                                    apply(start, results);
+                                }
+                            });
+                            for (i, events) in wanted.chunks(part).enumerate() {
+                                let results = plugin.apply(events);
+                                let stopped = results.len() < events.len();
+                                called += results.len();
+                                if results_tx.send((i * part, results)).is_err() || stopped {
+                                    break;
+                                }
+                            }
+                            drop(results_tx);
+                        });
+                        processed = called;
+                    }
+                    _ => {
+                        let results = plugin.apply(&wanted);
+                        processed = results.len();
+                        apply(0, results);
                     }
                 }
             }
@@ -411,6 +453,9 @@ pub struct Pipeline {
     dead_letter_ends: Mutex<(Option<Instant>, TopicEnds)>,
     /// Whether plugins' work is counted per partition and batches timed (`[server] metrics`).
     metered: bool,
+    /// The threads plugins process a batch on side by side (`[server] plugin_threads`); none:
+    /// one after another on the caller's thread.
+    workers: Option<Arc<rayon::ThreadPool>>,
 }
 
 /// What one batch produced beyond the read models.
@@ -434,7 +479,28 @@ impl Pipeline {
             journal: true,
             dead_letter_ends: Mutex::default(),
             metered: true,
+            workers: None,
         }
+    }
+
+    /// Run the plugins a batch goes to side by side on `threads` threads (0: one per core), or
+    /// one after another on the caller's thread (1).
+    pub fn set_threads(&mut self, threads: usize) -> Result<(), std::io::Error> {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        self.workers = if threads > 1 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("weir-plugins-{i}"))
+                .build()
+                .map_err(std::io::Error::other)?;
+            Some(Arc::new(pool))
+        } else {
+            None
+        };
+        Ok(())
     }
 
     /// Count plugins' work per partition and time their batches (the default), or not.
@@ -731,6 +797,8 @@ impl Pipeline {
     pub fn catch_up(&mut self, max: usize) -> CatchUp {
         let mut result = CatchUp::default();
         let sink = self.sink.clone();
+        let workers = self.workers.clone();
+        let workers = workers.as_deref();
         for index in 0..self.slots.len() {
             let slot = &mut self.slots[index];
             if !slot.paused
@@ -739,7 +807,7 @@ impl Pipeline {
                 match reader.poll(max, std::time::Duration::ZERO) {
                     Ok(events) if !events.is_empty() => {
                         result.busy = true;
-                        slot.process(&events, &partition_runs(&events), sink.as_deref(), &mut result.outcome);
+                        slot.process(&events, &partition_runs(&events), sink.as_deref(), workers, &mut result.outcome);
                     }
                     Ok(_) => {
                         slot.catch_up = None;
@@ -757,7 +825,13 @@ impl Pipeline {
                 Ok(events) if !events.is_empty() => {
                     result.busy = true;
                     shadow.events += events.len() as u64;
-                    shadow.slot.process(&events, &partition_runs(&events), sink.as_deref(), &mut result.outcome);
+                    shadow.slot.process(
+                        &events,
+                        &partition_runs(&events),
+                        sink.as_deref(),
+                        workers,
+                        &mut result.outcome,
+                    );
                 }
                 Ok(_) => {
                     let name = slot.name().to_string();
@@ -867,21 +941,54 @@ impl Pipeline {
     pub fn replay(&mut self, name: &str, events: &[Event]) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
         let sink = self.sink.clone();
-        if let Some(slot) = self.slot_mut(name) {
+        let workers = self.workers.as_deref();
+        if let Some(slot) = self.slots.iter_mut().find(|s| s.name() == name) {
             slot.replaying = true;
-            slot.process(events, &partition_runs(events), sink.as_deref(), &mut outcome);
+            slot.process(events, &partition_runs(events), sink.as_deref(), workers, &mut outcome);
             slot.replaying = false;
         }
         outcome
     }
 
-    /// Run one batch of the shared feed through every plugin on it that wants some of it.
+    /// Run one batch of the shared feed through every plugin on it that wants some of it: side
+    /// by side, one thread per plugin, when there are workers and more than one wants it. What
+    /// they produce is gathered in plugin order either way, so the outcome does not depend on
+    /// which finished first.
     pub fn process(&mut self, events: &[Event]) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
         let runs = partition_runs(events);
         let sink = self.sink.as_deref();
-        for slot in self.slots.iter_mut().filter(|s| s.on_shared_feed()) {
-            slot.process(events, &runs, sink, &mut outcome);
+        // Every plugin reading a topic of the batch (even one that wants none of its events
+        // moves its positions past them).
+        let topics: Vec<&str> = runs.iter().map(|&(start, _)| events[start].position.topic.as_str()).collect();
+        let mut busy: Vec<&mut Slot> = self
+            .slots
+            .iter_mut()
+            .filter(|s| s.on_shared_feed() && s.plugin.info().topics.iter().any(|t| topics.contains(&t.as_str())))
+            .collect();
+        match &self.workers {
+            Some(workers) if busy.len() > 1 => {
+                let mut outcomes: Vec<BatchOutcome> = busy.iter().map(|_| BatchOutcome::default()).collect();
+                let span = tracing::Span::current();
+                workers.scope(|scope| {
+                    for (slot, slot_outcome) in busy.iter_mut().zip(outcomes.iter_mut()) {
+                        let (runs, span) = (&runs, &span);
+                        scope.spawn(move |_| {
+                            let _entered = span.enter();
+                            slot.process(events, runs, sink, Some(workers), slot_outcome);
+                        });
+                    }
+                });
+                for slot_outcome in outcomes {
+                    outcome.emitted.extend(slot_outcome.emitted);
+                    outcome.failures.extend(slot_outcome.failures);
+                }
+            }
+            _ => {
+                for slot in busy {
+                    slot.process(events, &runs, sink, self.workers.as_deref(), &mut outcome);
+                }
+            }
         }
         outcome
     }
@@ -1132,9 +1239,9 @@ fn model_tables(plugin: &Plugin) -> &[TableSchema] {
     }
 }
 
-fn model_failure(plugin: &Plugin, event: &Event, error: ReadModelError) -> EventError {
+fn model_failure(label: &str, event: &Event, error: ReadModelError) -> EventError {
     EventError {
-        plugin: plugin.info().label().into(),
+        plugin: label.into(),
         position: event.position.clone(),
         event_type: event.event_type.as_str().into(),
         failure: Failure::InvalidOutput(error.to_string()),

@@ -1,5 +1,6 @@
-//! A deterministic stream of order life-cycle events (`OrderPlaced`, `OrderPaid`,
-//! `OrderShipped`, `OrderCancelled`), the food of the demo, the tests and the benchmark.
+//! Deterministic event streams, the food of the demo, the tests and the benchmark: order
+//! life-cycle events (`OrderPlaced`, `OrderPaid`, `OrderShipped`, `OrderCancelled`) and account
+//! transactions (`Transaction`, for the benchmark's minimal projection).
 //!
 //! Order `k` is placed at step `k`, paid (or, one in ten, cancelled unpaid) at step `k + 2`, and
 //! shipped (or, one in ten, cancelled after payment) at step `k + 5`. Payloads are JSON of about
@@ -14,6 +15,14 @@ pub const ORDERS_TOPIC: &str = "orders";
 const STEP_US: i64 = 1_000;
 /// Event time of step 0: 2026-01-01T00:00:00Z.
 const EPOCH_US: i64 = 1_767_225_600_000_000;
+
+/// A well-mixed 64-bit value for step `k` of a stream seeded `seed` (splitmix64's finaliser).
+fn mix(seed: u64, k: u64, salt: u64) -> u64 {
+    let mut z = seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 /// Generates order events.
 #[derive(Debug, Clone)]
@@ -37,10 +46,7 @@ impl OrderStream {
     }
 
     fn mix(&self, k: u64, salt: u64) -> u64 {
-        let mut z = self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        mix(self.seed, k, salt)
     }
 
     /// Amount of order `k` in cents: mostly small, a few large.
@@ -133,9 +139,82 @@ impl Iterator for OrderStream {
     }
 }
 
+/// Topic transactions are written to.
+pub const TRANSACTIONS_TOPIC: &str = "transactions";
+
+/// Generates `Transaction` events over a fixed set of accounts, keyed by account, with JSON
+/// payloads of about 200 bytes: transaction `k` moves an amount on account `mix(k) % accounts`.
+#[derive(Debug, Clone)]
+pub struct TransactionStream {
+    seed: u64,
+    accounts: u64,
+    offset: u64,
+}
+
+impl TransactionStream {
+    /// A stream over `accounts` accounts (at least 1).
+    pub fn new(seed: u64, accounts: u64) -> Self {
+        TransactionStream { seed, accounts: accounts.max(1), offset: 0 }
+    }
+
+    /// The first `n` events.
+    pub fn take_events(seed: u64, accounts: u64, n: usize) -> Vec<Event> {
+        TransactionStream::new(seed, accounts).take(n).collect()
+    }
+}
+
+impl Iterator for TransactionStream {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        let k = self.offset;
+        self.offset += 1;
+        let mix = |salt: u64| mix(self.seed, k, salt);
+        let account = format!("a-{:07}", mix(1) % self.accounts);
+        let cents = (mix(2) % 200_000) as i64 - 50_000;
+        let sign = if cents < 0 { "-" } else { "" };
+        let payload = format!(
+            r#"{{"amount":{sign}{}.{:02},"currency":"EUR","merchant":"m-{:05}","reference":"ref-{:016x}","channel":"{}","source":"ledger-service","trace_id":"{:016x}{:016x}"}}"#,
+            cents.abs() / 100,
+            cents.abs() % 100,
+            mix(3) % 50_000,
+            mix(4),
+            ["card", "transfer", "direct-debit"][(mix(5) % 3) as usize],
+            mix(6),
+            mix(7),
+        );
+        Some(Event {
+            id: format!("txn-{k:012}"),
+            event_type: "Transaction".to_string(),
+            key: Some(account),
+            payload: payload.into_bytes(),
+            content_type: "application/json".to_string(),
+            time_us: EPOCH_US + k as i64 * STEP_US,
+            headers: Vec::new(),
+            correlation_id: None,
+            causation_id: None,
+            position: Position { topic: TRANSACTIONS_TOPIC.to_string(), partition: 0, offset: k },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transactions_are_deterministic_keyed_and_about_200_bytes() {
+        let a = TransactionStream::take_events(3, 1_000, 2_000);
+        assert_eq!(a, TransactionStream::take_events(3, 1_000, 2_000));
+        let mean = a.iter().map(|e| e.payload.len()).sum::<usize>() / a.len();
+        assert!((170..=230).contains(&mean), "mean payload {mean} bytes");
+        let accounts: std::collections::BTreeSet<_> = a.iter().map(|e| e.key.clone().unwrap()).collect();
+        assert!(accounts.len() > 800, "{} accounts", accounts.len());
+        for e in &a {
+            let v: serde_json::Value = serde_json::from_slice(&e.payload).expect("payload is JSON");
+            assert!(v["amount"].as_f64().is_some(), "{v}");
+        }
+    }
 
     #[test]
     fn deterministic_and_about_200_bytes() {

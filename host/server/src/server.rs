@@ -122,6 +122,7 @@ impl Host {
             };
 
         pipeline.set_metered(config.server.metrics);
+        pipeline.set_threads(config.server.plugin_threads)?;
         let status: StatusBoard = Arc::new(RwLock::new(Status {
             plugins: pipeline.statuses(),
             started_ms: crate::registry::now_ms(),

@@ -458,3 +458,47 @@ fn many_topics_do_not_exhaust_open_files_and_topic_creation_is_bounded() {
     }
     assert!(weir.terminate().success());
 }
+
+/// Plugins side by side on worker threads, and a projection's calls overlapped with applying its
+/// row changes, produce exactly what one plugin after another on one thread produces: the same
+/// tables, the same emitted events and dead letters in the same order, the same failures.
+#[test]
+fn plugins_on_worker_threads_produce_what_one_thread_produces() {
+    let mut events = OrderStream::take_events(11, 200, 6_000);
+    // Refused by orders (an unknown order is paid): a dead letter in the middle of a batch.
+    let mut poison = events[1234].clone();
+    poison.event_type = "OrderPaid".into();
+    poison.payload = br#"{"order_id":"o-999999999"}"#.to_vec();
+    events[1234] = poison;
+    let run = |threads: usize| {
+        let runtime = runtime();
+        let catalog = Arc::new(Catalog::default());
+        let engine = SqlEngine::new(catalog.clone(), QueryLimits::default()).unwrap();
+        let mut pipeline = Pipeline::new(catalog);
+        pipeline.set_threads(threads).unwrap();
+        pipeline.add(load(&runtime, "orders")).unwrap();
+        pipeline.add(load(&runtime, "high-value-orders")).unwrap();
+        let (mut emitted, mut failures) = (Vec::new(), Vec::new());
+        for batch in events.chunks(700) {
+            let outcome = pipeline.process(batch);
+            emitted.extend(outcome.emitted.into_iter().map(|e| (e.position.topic, e.id, e.payload)));
+            failures.extend(outcome.failures.into_iter().map(|f| f.to_string()));
+        }
+        pipeline.publish().unwrap();
+        let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let csv = |sql: &str| {
+            let answer = tokio.block_on(engine.query(sql)).unwrap();
+            String::from_utf8(weir_sql::query::to_csv(&answer).unwrap()).unwrap()
+        };
+        (csv(ORDERS_CSV), csv(REVENUE_CSV), emitted, failures)
+    };
+    let one = run(1);
+    assert_eq!(one.3.len(), 1, "the poison event fails once: {:?}", one.3);
+    assert!(one.2.iter().any(|(topic, _, _)| topic == "order-alerts"), "high-value orders were flagged");
+    assert!(one.2.iter().any(|(topic, _, _)| topic == "weir.dlq.orders"), "the poison event was dead-lettered");
+    let two = run(2);
+    assert_eq!(one.0, two.0, "orders table");
+    assert_eq!(one.1, two.1, "customer_revenue table");
+    assert_eq!(one.2, two.2, "emitted events and dead letters, in order");
+    assert_eq!(one.3, two.3, "failures");
+}
