@@ -252,6 +252,34 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// The highest resident memory (`VmRSS`, kB) a thread sees sampling every 2 ms until stopped.
+struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    fn start() -> RssSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(proc_status_kb("VmRSS").unwrap_or(0));
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            peak.max(proc_status_kb("VmRSS").unwrap_or(0))
+        });
+        RssSampler { stop, thread }
+    }
+
+    /// The peak seen, in kB.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
 /// Upserts into a read-model table, its memory, and SQL latency over it.
 fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     use std::sync::Arc;
@@ -263,9 +291,11 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     let mut last = None;
     let mut peak_growth = None;
     for repeat in 0..repeats {
-        // Peak resident memory while the table is built (first repeat): reset the kernel's
-        // high-water mark, then read it after.
-        let baseline = (repeat == 0 && reset_peak_rss()).then(|| proc_status_kb("VmRSS")).flatten();
+        // Peak resident memory while the table is built (first repeat), sampled every 2 ms (the
+        // kernel's high-water mark cannot be reset on every VM: `clear_refs` is accepted and
+        // ignored on some).
+        let baseline = if repeat == 0 { proc_status_kb("VmRSS") } else { None };
+        let sampler = baseline.map(|_| RssSampler::start());
         let mut model = ReadModel::new("bench", &[orders_schema()]);
         for (round, rates) in [(0, &mut insert_rates), (1, &mut update_rates)] {
             let started = Instant::now();
@@ -281,8 +311,8 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
             model.snapshot()?;
             rates.push(rows as f64 / started.elapsed().as_secs_f64());
         }
-        if let (Some(before), Some(peak)) = (baseline, proc_status_kb("VmHWM")) {
-            peak_growth = Some(peak.saturating_sub(before) * 1024);
+        if let (Some(before), Some(sampler)) = (baseline, sampler) {
+            peak_growth = Some(sampler.stop().saturating_sub(before) * 1024);
         }
         last = Some(model);
     }

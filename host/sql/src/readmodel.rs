@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::path::Path;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Float64Array, Float64Builder,
-    Int64Array, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, Int64Array,
+    Int64Builder, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -366,33 +366,73 @@ fn encode_key<'a>(values: impl Iterator<Item = &'a Value>) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
     for value in values {
         match value {
-            Value::Null => out.push(0),
-            Value::String(s) => {
-                out.push(1);
-                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                out.extend_from_slice(s.as_bytes());
-            }
-            Value::Int64(v) => {
-                out.push(2);
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            Value::Float64(v) => {
-                out.push(3);
-                out.extend_from_slice(&v.to_bits().to_le_bytes());
-            }
-            Value::Bool(v) => out.extend_from_slice(&[4, u8::from(*v)]),
-            Value::Timestamp(v) => {
-                out.push(5);
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            Value::Bytes(b) => {
-                out.push(6);
-                out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-                out.extend_from_slice(b);
-            }
+            Value::Null => push_key_part(&mut out, 0, false, &[]),
+            Value::String(s) => push_key_part(&mut out, 1, true, s.as_bytes()),
+            Value::Int64(v) => push_key_part(&mut out, 2, false, &v.to_le_bytes()),
+            Value::Float64(v) => push_key_part(&mut out, 3, false, &v.to_bits().to_le_bytes()),
+            Value::Bool(v) => push_key_part(&mut out, 4, false, &[u8::from(*v)]),
+            Value::Timestamp(v) => push_key_part(&mut out, 5, false, &v.to_le_bytes()),
+            Value::Bytes(b) => push_key_part(&mut out, 6, true, b),
         }
     }
     out
+}
+
+/// One value of an encoded key: its tag, its length when it has one, its bytes.
+fn push_key_part(out: &mut Vec<u8>, tag: u8, length_prefixed: bool, bytes: &[u8]) {
+    out.push(tag);
+    if length_prefixed {
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    }
+    out.extend_from_slice(bytes);
+}
+
+/// The encoded key ([`encode_key`]) of every row of `batch`, read column by column straight from
+/// the Arrow arrays (restoring a table builds its whole index this way).
+fn encode_batch_keys(batch: &RecordBatch, key_columns: &[usize], schema: &TableSchema) -> Vec<Vec<u8>> {
+    let mut keys = vec![Vec::with_capacity(16 * key_columns.len()); batch.num_rows()];
+    for &c in key_columns {
+        let array = batch.column(c).as_ref();
+        let any = array.as_any();
+        let each = |keys: &mut Vec<Vec<u8>>, part: &dyn Fn(&mut Vec<u8>, usize)| {
+            for (row, key) in keys.iter_mut().enumerate() {
+                if array.is_null(row) {
+                    push_key_part(key, 0, false, &[]);
+                } else {
+                    part(key, row);
+                }
+            }
+        };
+        match schema.columns[c].kind {
+            ColumnType::String => match any.downcast_ref::<StringArray>() {
+                Some(a) => each(&mut keys, &|key, row| push_key_part(key, 1, true, a.value(row).as_bytes())),
+                None => each(&mut keys, &|key, _| push_key_part(key, 0, false, &[])),
+            },
+            ColumnType::Int64 => match any.downcast_ref::<Int64Array>() {
+                Some(a) => each(&mut keys, &|key, row| push_key_part(key, 2, false, &a.value(row).to_le_bytes())),
+                None => each(&mut keys, &|key, _| push_key_part(key, 0, false, &[])),
+            },
+            ColumnType::Float64 => match any.downcast_ref::<Float64Array>() {
+                Some(a) => {
+                    each(&mut keys, &|key, row| push_key_part(key, 3, false, &a.value(row).to_bits().to_le_bytes()))
+                }
+                None => each(&mut keys, &|key, _| push_key_part(key, 0, false, &[])),
+            },
+            ColumnType::Bool => match any.downcast_ref::<BooleanArray>() {
+                Some(a) => each(&mut keys, &|key, row| push_key_part(key, 4, false, &[u8::from(a.value(row))])),
+                None => each(&mut keys, &|key, _| push_key_part(key, 0, false, &[])),
+            },
+            ColumnType::Timestamp => match any.downcast_ref::<TimestampMicrosecondArray>() {
+                Some(a) => each(&mut keys, &|key, row| push_key_part(key, 5, false, &a.value(row).to_le_bytes())),
+                None => each(&mut keys, &|key, _| push_key_part(key, 0, false, &[])),
+            },
+            ColumnType::Bytes => match any.downcast_ref::<BinaryArray>() {
+                Some(a) => each(&mut keys, &|key, row| push_key_part(key, 6, true, a.value(row))),
+                None => each(&mut keys, &|key, _| push_key_part(key, 0, false, &[])),
+            },
+        }
+    }
+    keys
 }
 
 /// The tables of one projection, and the source positions they reflect.
@@ -489,20 +529,12 @@ impl ReadModel {
             )));
         }
         *target = ReadModelTable::new(target.schema.clone());
+        target.index.reserve(batches.iter().map(RecordBatch::num_rows).sum());
         for batch in batches {
             // The file's schema object may differ in metadata; rebuild on ours.
             let batch = RecordBatch::try_new(target.arrow.clone(), batch.columns().to_vec())
                 .map_err(|e| failed(e.to_string()))?;
-            let keys = (0..batch.num_rows())
-                .map(|row| {
-                    let values = target
-                        .key_columns
-                        .iter()
-                        .map(|&c| value_at(batch.column(c).as_ref(), target.schema.columns[c].kind, row))
-                        .collect::<Vec<_>>();
-                    encode_key(values.iter())
-                })
-                .collect::<Vec<_>>();
+            let keys = encode_batch_keys(&batch, &target.key_columns, &target.schema);
             target.add_segment(batch, keys);
         }
         Ok(target.len())
@@ -560,25 +592,6 @@ pub fn write_table_file(table: &TableSnapshot, path: &Path) -> Result<u64> {
     })?)
 }
 
-/// The value of one cell, for rebuilding the key index of a loaded table.
-fn value_at(array: &dyn Array, kind: ColumnType, row: usize) -> Value {
-    if array.is_null(row) {
-        return Value::Null;
-    }
-    let any = array.as_any();
-    let value = match kind {
-        ColumnType::String => any.downcast_ref::<StringArray>().map(|a| Value::String(a.value(row).to_string())),
-        ColumnType::Int64 => any.downcast_ref::<Int64Array>().map(|a| Value::Int64(a.value(row))),
-        ColumnType::Float64 => any.downcast_ref::<Float64Array>().map(|a| Value::Float64(a.value(row))),
-        ColumnType::Bool => any.downcast_ref::<BooleanArray>().map(|a| Value::Bool(a.value(row))),
-        ColumnType::Timestamp => {
-            any.downcast_ref::<TimestampMicrosecondArray>().map(|a| Value::Timestamp(a.value(row)))
-        }
-        ColumnType::Bytes => any.downcast_ref::<BinaryArray>().map(|a| Value::Bytes(a.value(row).to_vec())),
-    };
-    value.unwrap_or(Value::Null)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,6 +607,54 @@ mod tests {
             ],
             primary_key: vec!["id".into()],
         }
+    }
+
+    /// Keys read back from Arrow columns (restore) encode exactly as keys from values (upserts),
+    /// or a restored table would take an upsert of an existing row for a new row.
+    #[test]
+    fn keys_from_columns_encode_as_keys_from_values() {
+        let kinds = [
+            ColumnType::String,
+            ColumnType::Int64,
+            ColumnType::Float64,
+            ColumnType::Bool,
+            ColumnType::Timestamp,
+            ColumnType::Bytes,
+        ];
+        let schema = TableSchema {
+            name: "all_kinds".into(),
+            description: String::new(),
+            columns: kinds
+                .iter()
+                .enumerate()
+                .map(|(i, &kind)| Column { name: format!("c{i}"), kind, nullable: true })
+                .collect(),
+            primary_key: (0..kinds.len()).map(|i| format!("c{i}")).collect(),
+        };
+        let rows = vec![
+            vec![
+                Value::String("a".into()),
+                Value::Int64(-7),
+                Value::Float64(1.5),
+                Value::Bool(true),
+                Value::Timestamp(42),
+                Value::Bytes(vec![0, 1]),
+            ],
+            vec![Value::Null; kinds.len()],
+            vec![
+                Value::String(String::new()),
+                Value::Int64(i64::MAX),
+                Value::Float64(-0.0),
+                Value::Bool(false),
+                Value::Null,
+                Value::Bytes(Vec::new()),
+            ],
+        ];
+        let table = ReadModelTable::new(schema.clone());
+        let batch = table.build_batch(&rows).unwrap();
+        let from_columns = encode_batch_keys(&batch, &table.key_columns, &schema);
+        let from_values: Vec<Vec<u8>> = rows.iter().map(|row| encode_key(row.iter())).collect();
+        assert_eq!(from_columns, from_values);
     }
 
     fn rows(table: &mut ReadModelTable) -> BTreeMap<String, Option<i64>> {
