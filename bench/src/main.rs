@@ -54,6 +54,10 @@ struct Args {
     /// How long `--only load` runs.
     #[arg(long, default_value_t = 300)]
     load_seconds: u64,
+    /// Internal: build the readmodel scenario's table of this many rows in this process and print
+    /// its peak memory growth (the readmodel scenario runs it as a child).
+    #[arg(long, hide = true)]
+    memory_probe: Option<u64>,
 }
 
 /// Median and spread of repeated measurements of a rate.
@@ -252,32 +256,51 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// The highest resident memory (`VmRSS`, kB) a thread sees sampling every 2 ms until stopped.
-struct RssSampler {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<u64>,
+/// An orders-shaped read model of `rows` rows: inserted, then every row updated in scattered
+/// order, with a snapshot every 100k changes. Returns it with the insert and update rates.
+fn build_orders_model(rows: u64) -> anyhow::Result<(weir_sql::readmodel::ReadModel, f64, f64)> {
+    let schema = [orders_schema()];
+    let mut model = weir_sql::readmodel::ReadModel::new("bench", &schema);
+    let mut rates = [0.0; 2];
+    for round in 0..2 {
+        let started = Instant::now();
+        for i in 0..rows {
+            // Updates touch keys in a scattered order, as real traffic does.
+            let key = if round == 0 { i } else { (i * 7_919) % rows };
+            let change = weir_core::row::RowChange::Upsert { table: "orders".into(), row: order_row(key, round) };
+            model.apply(RowChanges::check(&schema, vec![change]).map_err(anyhow::Error::msg)?)?;
+            if i % 100_000 == 99_999 {
+                model.snapshot()?;
+            }
+        }
+        model.snapshot()?;
+        rates[round as usize] = rows as f64 / started.elapsed().as_secs_f64();
+    }
+    Ok((model, rates[0], rates[1]))
 }
 
-impl RssSampler {
-    fn start() -> RssSampler {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut peak = 0;
-            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(proc_status_kb("VmRSS").unwrap_or(0));
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            peak.max(proc_status_kb("VmRSS").unwrap_or(0))
-        });
-        RssSampler { stop, thread }
-    }
+/// `weir-bench --memory-probe ROWS`: build the table in this fresh process and print how far its
+/// peak resident memory (`VmHWM`) rose above the resident memory before, in bytes.
+fn memory_probe(rows: u64) -> anyhow::Result<()> {
+    let before = proc_status_kb("VmRSS").ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/self/status"))?;
+    let model = build_orders_model(rows)?;
+    let peak = proc_status_kb("VmHWM").ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))?;
+    drop(model);
+    println!("{}", peak.saturating_sub(before) * 1024);
+    Ok(())
+}
 
-    /// The peak seen, in kB.
-    fn stop(self) -> u64 {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap_or(0)
+/// Run [`memory_probe`] in a child process; `None` where `/proc` has no such figures.
+fn memory_probe_in_child(rows: u64) -> anyhow::Result<Option<u64>> {
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .args(["--memory-probe", &rows.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !output.status.success() {
+        eprintln!("readmodel: the memory probe failed ({}); peak RSS not measured", output.status);
+        return Ok(None);
     }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().parse().ok())
 }
 
 /// Upserts into a read-model table, its memory, and SQL latency over it.
@@ -286,36 +309,17 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     use weir_sql::query::{Catalog, QueryLimits, SqlEngine};
     use weir_sql::readmodel::ReadModel;
 
-    let schema = [orders_schema()];
     let (mut insert_rates, mut update_rates) = (Vec::new(), Vec::new());
     let mut last = None;
-    let mut peak_growth = None;
-    for repeat in 0..repeats {
-        // Peak resident memory while the table is built (first repeat), sampled every 2 ms (the
-        // kernel's high-water mark cannot be reset on every VM: `clear_refs` is accepted and
-        // ignored on some).
-        let baseline = if repeat == 0 { proc_status_kb("VmRSS") } else { None };
-        let sampler = baseline.map(|_| RssSampler::start());
-        let mut model = ReadModel::new("bench", &[orders_schema()]);
-        for (round, rates) in [(0, &mut insert_rates), (1, &mut update_rates)] {
-            let started = Instant::now();
-            for i in 0..rows {
-                // Updates touch keys in a scattered order, as real traffic does.
-                let key = if round == 0 { i } else { (i * 7_919) % rows };
-                let change = weir_core::row::RowChange::Upsert { table: "orders".into(), row: order_row(key, round) };
-                model.apply(RowChanges::check(&schema, vec![change]).map_err(anyhow::Error::msg)?)?;
-                if i % 100_000 == 99_999 {
-                    model.snapshot()?;
-                }
-            }
-            model.snapshot()?;
-            rates.push(rows as f64 / started.elapsed().as_secs_f64());
-        }
-        if let (Some(before), Some(sampler)) = (baseline, sampler) {
-            peak_growth = Some(sampler.stop().saturating_sub(before) * 1024);
-        }
+    for _ in 0..repeats {
+        let (model, insert, update) = build_orders_model(rows)?;
+        insert_rates.push(insert);
+        update_rates.push(update);
         last = Some(model);
     }
+    // Peak resident memory while the table is built, in a process of its own: here, memory that
+    // earlier scenarios freed stays with the allocator and would be reused, not counted.
+    let peak_growth = memory_probe_in_child(rows)?;
     let Some(mut model) = last else { anyhow::bail!("no repeat ran") };
 
     let table_bytes: usize = model.tables().map(|t| t.arrow_bytes()).sum();
@@ -1579,6 +1583,9 @@ fn tempfile_dir(what: &str) -> anyhow::Result<PathBuf> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(rows) = args.memory_probe {
+        return memory_probe(rows);
+    }
     let events = args.events.unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
     let repeats = args.repeats.unwrap_or(if args.quick { 1 } else { 5 }).max(1);
     let machine = machine();
