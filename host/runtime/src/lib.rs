@@ -206,9 +206,25 @@ pub enum Failure {
     /// The call ran past its time budget.
     #[error("ran past its CPU budget of {0} ms per batch and was stopped")]
     CpuBudget(u64),
-    /// The instance tried to grow memory past its cap.
+    /// The instance tried to grow memory past its cap (all its memories together).
     #[error("tried to grow its memory past the cap of {0} bytes")]
     MemoryCap(usize),
+    /// The instance tried to grow its tables past their element limit (all tables together).
+    #[error("tried to grow its tables past the limit of {0} elements")]
+    TableLimit(usize),
+    /// It handed the host more data in one call than the host copies from a plugin per call
+    /// (its output for the batch, or the arguments of one host call): the host stopped copying
+    /// there, before checking the output cap, instead of copying all of it first.
+    #[error(
+        "handed the host more than {limit} bytes in one call (output or host-call arguments); the host copies at most \
+         that for this batch, given the cap of {cap} bytes of output per event"
+    )]
+    CopyLimit {
+        /// Bytes the host was ready to copy for the call.
+        limit: usize,
+        /// The output cap per event.
+        cap: usize,
+    },
     /// The output of one event was over the cap.
     #[error("produced {bytes} bytes of output, over the cap of {cap} bytes per event")]
     OutputTooLarge {
@@ -243,7 +259,8 @@ impl Failure {
             Failure::Trapped(_) => "trapped",
             Failure::CpuBudget(_) => "cpu_budget",
             Failure::MemoryCap(_) => "memory_cap",
-            Failure::OutputTooLarge { .. } => "output_too_large",
+            Failure::TableLimit(_) => "table_limit",
+            Failure::OutputTooLarge { .. } | Failure::CopyLimit { .. } => "output_too_large",
             Failure::InvalidOutput(_) => "invalid_output",
             Failure::OutputRefused(_) => "output_refused",
             Failure::Start(_) => "start",
@@ -795,16 +812,23 @@ impl Plugin {
         check: &Check<'_, O, P>,
     ) -> Result<Vec<P>, Failure> {
         let ticks = self.limits.cpu_ms_per_batch.div_ceil(EPOCH_TICK.as_millis() as u64) + 1;
+        let copy_limit = copy_limit(events.len(), self.limits.max_output_bytes_per_event);
         let live = self.live()?;
         live.store.set_epoch_deadline(ticks);
+        live.store.set_hostcall_fuel(copy_limit);
         live.store.data_mut().start_call();
         let started = Instant::now();
         let outcome = call(live, events);
         let elapsed = started.elapsed();
         live.store.data_mut().end_call();
+        // What the host was ready to copy in this call, as the store has it.
+        let fuel = live.store.hostcall_fuel();
         self.busy += elapsed;
         self.longest_call = self.longest_call.max(elapsed);
-        let outputs = outcome.map_err(|e| self.trap_failure(e))?;
+        let outputs = outcome.map_err(|e| match self.trap_failure(e) {
+            Failure::CopyLimit { cap, .. } => Failure::CopyLimit { limit: fuel, cap },
+            other => other,
+        })?;
         if outputs.len() != events.len() {
             return Err(Failure::InvalidOutput(format!(
                 "returned {} results for a batch of {} events",
@@ -824,6 +848,7 @@ impl Plugin {
                 PluginStore::new(self.label.clone(), self.params.clone(), &self.limits, state, self.logs.clone()),
             );
             store.limiter(|data| &mut data.limits);
+            store.set_hostcall_fuel(copy_limit(1, self.limits.max_output_bytes_per_event));
             store.epoch_deadline_trap();
             store.set_epoch_deadline(self.limits.cpu_ms_per_batch.div_ceil(EPOCH_TICK.as_millis() as u64) + 1);
             let exports = match &self.pre {
@@ -836,7 +861,7 @@ impl Plugin {
                 Err(e) => {
                     let failure = match failure_of_trap(e, &store.data().output_text(), &self.limits) {
                         // The component's start code ran out of memory or time: its own doing.
-                        f @ (Failure::MemoryCap(_) | Failure::CpuBudget(_)) => f,
+                        f @ (Failure::MemoryCap(_) | Failure::TableLimit(_) | Failure::CpuBudget(_)) => f,
                         other => Failure::Start(other.to_string()),
                     };
                     self.parked_state = store.into_data().state;
@@ -857,8 +882,15 @@ impl Plugin {
     fn rollback(&mut self, failure: &Failure) {
         let Some(live) = &mut self.live else { return };
         live.store.data_mut().state.rollback();
-        let trapped = matches!(failure, Failure::Trapped(_) | Failure::CpuBudget(_) | Failure::MemoryCap(_));
-        if trapped || live.store.data().output.contents().len() > OUTPUT_PIPE_BYTES / 2 {
+        // Only a call that returned normally leaves an instance that can be entered again.
+        let returned = matches!(
+            failure,
+            Failure::Refused(_)
+                | Failure::OutputTooLarge { .. }
+                | Failure::InvalidOutput(_)
+                | Failure::OutputRefused(_)
+        );
+        if !returned || live.store.data().output.contents().len() > OUTPUT_PIPE_BYTES / 2 {
             self.park();
         }
     }
@@ -879,6 +911,18 @@ impl Plugin {
     }
 }
 
+/// The most the host copies from a plugin in one call of `events` events (its output, or one
+/// host call's arguments): twice the output cap per event, since the host's copy of a row change
+/// is larger than the bytes the cap counts, at least 16 MiB (a state value may be 8 MiB) and at
+/// most 128 MiB (wasmtime's own default) unless the cap itself is larger. A batch over it fails
+/// and its events run one at a time, each with its own limit. Copying stops at the limit, so a
+/// plugin cannot make the host allocate its output before the cap is checked (a million row
+/// changes pointing at one string of guest memory).
+fn copy_limit(events: usize, cap: usize) -> usize {
+    let ceiling = (128usize << 20).max(cap.saturating_mul(2));
+    events.saturating_mul(cap).saturating_mul(2).clamp(16 << 20, ceiling)
+}
+
 fn check_size(bytes: usize, cap: usize) -> Result<(), Failure> {
     if bytes > cap { Err(Failure::OutputTooLarge { bytes, cap }) } else { Ok(()) }
 }
@@ -895,6 +939,13 @@ fn failure_of_trap(error: wasmtime::Error, output: &str, limits: &Limits) -> Fai
     let text = format!("{error:#}");
     if text.contains("forcing trap when growing memory") {
         return Failure::MemoryCap(limits.memory_bytes);
+    }
+    if text.contains("forcing trap when growing a table") {
+        return Failure::TableLimit(sandbox::MAX_TABLE_ELEMENTS);
+    }
+    if text.contains("fuel allocated for hostcalls has been exhausted") {
+        let cap = limits.max_output_bytes_per_event;
+        return Failure::CopyLimit { limit: copy_limit(1, cap), cap };
     }
     if output.contains("memory allocation of") {
         return Failure::MemoryCap(limits.memory_bytes);

@@ -14,6 +14,11 @@ use crate::bindings::{host, state, tables, types};
 
 /// Longest state key a plugin may write.
 const MAX_STATE_KEY: usize = 4 * 1024;
+/// Largest state value a plugin may write in one `put`.
+pub(crate) const MAX_STATE_VALUE: usize = 8 << 20;
+/// Elements an instance's tables may hold together (a Rust plugin's function table holds a few
+/// thousand); each costs the host a pointer or more.
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// State keys starting with this byte are the host's (timers); a plugin's own keys may not.
 const HOST_KEY_BYTE: u8 = 0xff;
@@ -309,7 +314,7 @@ impl PluginStore {
             .tables(64)
             .memories(4)
             .build();
-        let limits = MeteredLimits { caps: limits, memory_bytes: 0 };
+        let limits = MeteredLimits { caps: limits, memory_cap: caps.memory_bytes, memory_bytes: 0, table_elements: 0 };
         PluginStore {
             wasi,
             resources: ResourceTable::new(),
@@ -340,18 +345,32 @@ impl PluginStore {
     }
 }
 
-/// The store's caps, counting the linear memory the instance holds as it grows.
+/// The store's caps, counting what the instance holds as it grows: the memory cap covers all of
+/// its linear memories together, and its tables share one element limit, so neither several
+/// memories each under the cap nor a table grown without end makes the host allocate more.
 pub(crate) struct MeteredLimits {
     caps: StoreLimits,
+    memory_cap: usize,
     /// Bytes of linear memory over the instance's memories.
     pub(crate) memory_bytes: usize,
+    /// Elements over the instance's tables.
+    table_elements: usize,
 }
 
 impl ResourceLimiter for MeteredLimits {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.memory_bytes.saturating_add(desired.saturating_sub(current));
+        if total > self.memory_cap {
+            // Worded as wasmtime's own refusal, which `failure_of_trap` reads as the memory cap.
+            wasmtime::bail!(
+                "forcing trap when growing memory: the instance's memories would hold {total} bytes together, \
+                 over the cap of {} bytes",
+                self.memory_cap
+            );
+        }
         let allowed = self.caps.memory_growing(current, desired, maximum)?;
         if allowed {
-            self.memory_bytes = self.memory_bytes.saturating_add(desired.saturating_sub(current));
+            self.memory_bytes = total;
         }
         Ok(allowed)
     }
@@ -365,7 +384,18 @@ impl ResourceLimiter for MeteredLimits {
     }
 
     fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        self.caps.table_growing(current, desired, maximum)
+        let total = self.table_elements.saturating_add(desired.saturating_sub(current));
+        if total > MAX_TABLE_ELEMENTS {
+            wasmtime::bail!(
+                "forcing trap when growing a table: the instance's tables would hold {total} elements, \
+                 over the limit of {MAX_TABLE_ELEMENTS}"
+            );
+        }
+        let allowed = self.caps.table_growing(current, desired, maximum)?;
+        if allowed {
+            self.table_elements = total;
+        }
+        Ok(allowed)
     }
 
     fn instances(&self) -> usize {
@@ -480,6 +510,9 @@ impl PluginStore {
     fn stage_put(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
         if key.len() > MAX_STATE_KEY {
             wasmtime::bail!("state key of {} bytes is over the limit of {MAX_STATE_KEY}", key.len());
+        }
+        if value.len() > MAX_STATE_VALUE {
+            wasmtime::bail!("state value of {} bytes is over the limit of {MAX_STATE_VALUE}", value.len());
         }
         let added = key.len() + value.len();
         let total = self.state.committed_bytes + self.state.pending_bytes + added;

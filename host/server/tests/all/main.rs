@@ -1,7 +1,8 @@
 //! The host's integration tests: one binary, so the 2-core machine links once.
 //!
 //! Everything here uses real components built from real Rust crates (the example plugins in
-//! `plugins/` and the fixtures in `tests/fixtures/`), through the real runtime.
+//! `plugins/` and the fixtures in `tests/fixtures/`), or hand-written WAT made a component with
+//! wit-component (`raw_plugins.rs`: what Rust cannot produce), through the real runtime.
 
 // A test fails by panicking; its helpers unwrap for the same reason (clippy's
 // `allow-unwrap-in-tests` covers only `#[test]` functions and `#[cfg(test)]` modules).
@@ -19,5 +20,6 @@ mod hostile;
 mod ingest;
 mod kafka;
 mod lifecycle;
+mod raw_plugins;
 mod sql;
 mod support;
