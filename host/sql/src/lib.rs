@@ -3,7 +3,8 @@
 //! Read models and SQL: projections' rows kept as Arrow tables ([`readmodel`]), queried with
 //! DataFusion ([`query`]) over snapshots that ingest publishes, answered as JSON, CSV, Arrow IPC or
 //! text, and served over the Postgres wire protocol ([`postgres`]) and Arrow Flight SQL ([`flight`]),
-//! each front end counting and timing its queries ([`stats`]).
+//! each front end counting and timing its queries ([`stats`]); a Postgres client's messages are checked
+//! before pgwire decodes them (`wire`).
 //!
 //! The only crate that depends on Arrow, DataFusion and pgwire. Its public API speaks
 //! `weir-core` types and its own; Arrow and DataFusion types stay inside (an [`query::Answer`] is
@@ -15,6 +16,7 @@ pub mod query;
 pub mod readmodel;
 pub(crate) mod session;
 pub mod stats;
+mod wire;
 
 /// A running SQL listener (the Postgres wire, Flight SQL); dropping it stops accepting and ends
 /// every session.

@@ -33,10 +33,10 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::extendedquery::Execute;
 
-use crate::Listener;
 use crate::query::{Description, QueryError, Rows, SqlEngine};
 use crate::session::{Command, Reply, Session};
 use crate::stats::FrontEnd;
+use crate::{Listener, wire};
 use std::time::Instant;
 
 /// Bind `addr` and serve queries against `sql` until the returned server is dropped.
@@ -61,7 +61,7 @@ pub async fn start_guarded(
                 Ok((socket, _)) => {
                     let connection = Arc::new(Connection::new(sql.clone(), password.clone()));
                     sessions.spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, connection).await {
+                        if let Err(e) = serve_client(socket, connection).await {
                             tracing::debug!(error = %e, "postgres session ended with an error");
                         }
                     });
@@ -73,6 +73,92 @@ pub async fn start_guarded(
     });
     tracing::info!(%addr, "postgres wire protocol listening");
     Ok(Listener { addr, task })
+}
+
+/// How long a client has to start its session (pgwire's own limit).
+const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Serve one client: encryption requests refused, every message checked (`wire`) before pgwire
+/// decodes it, then pgwire's message handling (its `process_socket` loop, over the checked
+/// stream). A message the checks refuse ends the connection with a FATAL protocol violation
+/// (SQLSTATE 08P01) naming it.
+async fn serve_client(mut socket: tokio::net::TcpStream, connection: Arc<Connection>) -> std::io::Result<()> {
+    use pgwire::api::ErrorHandler;
+    use pgwire::messages::PgWireFrontendMessage;
+    use pgwire::tokio::server::{PgWireMessageServerCodec, process_error, process_message};
+
+    let addr = socket.peer_addr()?;
+    socket.set_nodelay(true)?;
+    let deadline = tokio::time::sleep(STARTUP_TIMEOUT);
+    tokio::pin!(deadline);
+    let received = tokio::select! {
+        _ = &mut deadline => return Ok(()),
+        received = wire::refuse_encryption(&mut socket) => received?,
+    };
+    let client = pgwire::api::DefaultClient::new(addr, false);
+    let mut framed = tokio_util::codec::Framed::new(
+        wire::CheckedStream::new(socket, received),
+        PgWireMessageServerCodec::new(client),
+    );
+    framed.set_state(PgWireConnectionState::AwaitingStartup);
+    let (startup, simple, extended, copy, cancel, errors) = (
+        connection.startup_handler(),
+        connection.simple_query_handler(),
+        connection.extended_query_handler(),
+        connection.copy_handler(),
+        connection.cancel_handler(),
+        connection.error_handler(),
+    );
+    loop {
+        let starting = matches!(
+            framed.state(),
+            PgWireConnectionState::AwaitingStartup | PgWireConnectionState::AuthenticationInProgress
+        );
+        let next = if starting {
+            tokio::select! {
+                _ = &mut deadline => None,
+                next = framed.next() => next,
+            }
+        } else {
+            framed.next().await
+        };
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => {
+                let said = match e {
+                    PgWireError::IoError(e) => e.to_string(),
+                    other => other.to_string(),
+                };
+                let error =
+                    ErrorInfo::new("FATAL".into(), "08P01".into(), format!("weir closes the connection: {said}"));
+                futures::SinkExt::send(&mut framed, PgWireBackendMessage::ErrorResponse(error.into())).await?;
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        // Terminate: the client is leaving and waits for the socket to close.
+        if matches!(message, PgWireFrontendMessage::Terminate(_)) {
+            return Ok(());
+        }
+        let in_extended = match framed.state() {
+            PgWireConnectionState::CopyInProgress(extended) => extended,
+            _ => message.is_extended_query(),
+        };
+        let handled = process_message(
+            message,
+            &mut framed,
+            startup.clone(),
+            simple.clone(),
+            extended.clone(),
+            copy.clone(),
+            cancel.clone(),
+        )
+        .await;
+        if let Err(mut e) = handled {
+            errors.on_error(&framed, &mut e);
+            process_error(&mut framed, e, in_extended).await?;
+        }
+    }
 }
 
 /// One client connection: its handlers share its session.

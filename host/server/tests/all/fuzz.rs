@@ -1,6 +1,9 @@
 //! Fuzzing the decoders that take outside bytes (issue 14): event JSON lines and their headers
-//! (`POST /v1/topics/{t}/events`, `weir produce`), config files, log segments on disk, and
-//! checkpoints on disk (manifest, plugin state, Arrow table files). Each target mutates the seeds
+//! (`POST /v1/topics/{t}/events`, `weir produce`), config files, log segments on disk,
+//! checkpoints on disk (manifest, plugin state, Arrow table files), and the two listeners of a
+//! host served in this process: raw HTTP requests to its API (request line, headers, bodies of
+//! every route that reads one: SQL, produce, deploy, admin actions) and raw Postgres wire
+//! messages (startup, simple and extended query, SSL and cancel requests). Each target mutates the seeds
 //! in its corpus directory (`tests/fuzz/<target>/`, kept in the repository) and inputs it builds
 //! itself from real files, and checks that the decoder answers with a value or an error and never
 //! panics. An input that panics is written into the corpus (`crash-<hash>`), so every later run
@@ -10,17 +13,23 @@
 //! Budget: `WEIR_FUZZ_SECONDS` per target (default 2, what `./test.sh` runs);
 //! `host/server/tests/fuzz/run.sh SECONDS` runs every target for longer.
 
+use std::io::{Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use weir_core::event::{Event, ProduceOptions, parse_events};
+use weir_host::api::ApiState;
 use weir_host::checkpoint::CheckpointStore;
 use weir_host::config::Config;
 use weir_host::pipeline::Pipeline;
+use weir_host::sample::OrderStream;
+use weir_host::server::Host;
 use weir_log::{EmbeddedLog, LogConfig};
 
-use crate::support::{Rng, load, repo, runtime};
+use crate::support::{Rng, envelope_lines, load, repo, runtime, write_config};
 
 /// A deterministic mutator.
 struct Mutator(Rng);
@@ -159,6 +168,11 @@ thread_local! {
     static LAST_PANIC: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
+/// What the last panic on a served host's threads said (taken by the target that served it).
+static SERVER_PANIC: Mutex<Option<String>> = Mutex::new(None);
+/// The name of a served host's runtime threads.
+const SERVER_THREADS: &str = "weir-fuzz-server";
+
 fn quiet_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -166,6 +180,8 @@ fn quiet_panics() {
         std::panic::set_hook(Box::new(move |info| {
             if CHECKING.with(std::cell::Cell::get) {
                 LAST_PANIC.with(|last| *last.borrow_mut() = info.to_string());
+            } else if std::thread::current().name().is_some_and(|n| n.starts_with(SERVER_THREADS)) {
+                *SERVER_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(info.to_string());
             } else {
                 default(info);
             }
@@ -338,4 +354,266 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+/// A host served in this process for the listener targets: `orders` over the embedded log with
+/// 300 orders in it, queries cut off after 250 ms, its HTTP API (no token: the admin routes are
+/// reachable) and its Postgres listener on loopback ports, on a runtime whose threads' panics the
+/// hook records.
+struct Served {
+    http: SocketAddr,
+    pg: weir_sql::Listener,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    runtime: tokio::runtime::Runtime,
+    _host: Host,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    fn start() -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), &[("orders", "")], "[query]\ntimeout_ms = 250\n");
+        let host = Host::start(&weir_host::config::Config::load(&config).unwrap()).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(SERVER_THREADS)
+            .enable_all()
+            .build()
+            .unwrap();
+        let full = host.api_state("127.0.0.1:0".parse().unwrap());
+        let state = Arc::new(ApiState {
+            status: full.status.clone(),
+            sql: full.sql.clone(),
+            sink: full.sink.clone(),
+            token: None,
+            reads_need_token: false,
+            admin: full.admin.clone(),
+        });
+        let (bound, address) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        runtime.spawn(weir_host::api::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            state,
+            move |addr| bound.send(addr).unwrap(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let http = address.recv_timeout(Duration::from_secs(10)).unwrap();
+        let pg = runtime.block_on(weir_sql::postgres::start("127.0.0.1:0".parse().unwrap(), host.sql.clone())).unwrap();
+        let served = Served { http, pg, stop: Some(stop), runtime, _host: host, _dir: dir };
+        let orders = envelope_lines(&OrderStream::take_events(7, 30, 300));
+        let answer = exchange_http(served.http, &http_request("POST", "/v1/topics/orders/events", &orders));
+        assert!(answer.starts_with(b"HTTP/1.1 2"), "{}", String::from_utf8_lossy(&answer));
+        served
+    }
+
+    /// Fail the input just run if it panicked a thread of the host; check the host still answers.
+    fn check(&self, answer: &[u8]) {
+        if let Some(said) = SERVER_PANIC.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            panic!("the served host panicked: {said} (it answered {} bytes)", answer.len());
+        }
+    }
+
+    /// After a run: both listeners still answer a real query.
+    fn still_answers(&self) {
+        let answer = exchange_http(
+            self.http,
+            &http_request("POST", "/v1/sql", br#"{"sql": "SELECT count(*) AS n FROM orders"}"#),
+        );
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+        let port = self.pg.addr().port();
+        let rows = self.runtime.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(
+                &format!("host=127.0.0.1 port={port} user=weir dbname=weir"),
+                tokio_postgres::NoTls,
+            )
+            .await
+            .unwrap();
+            tokio::spawn(connection);
+            client.simple_query("SELECT count(*) FROM orders").await.unwrap()
+        });
+        assert!(!rows.is_empty());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Send `input` on a new connection and read the answer until the server closes the connection.
+/// The sending side is closed after `quiet` without an answer (at once with none: hyper drops a
+/// request whose client closed its side, so HTTP gets a moment first); reading gives up 5 s after
+/// that (a query may run to its time limit).
+fn exchange(addr: SocketAddr, input: &[u8], quiet: Option<Duration>) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("the listener on {addr} is gone: {e}"));
+    stream.set_read_timeout(Some(quiet.unwrap_or(Duration::from_millis(200)))).unwrap();
+    let _ = stream.write_all(input);
+    if quiet.is_none() {
+        let _ = stream.shutdown(Shutdown::Write);
+    }
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1 << 16];
+    let mut closed_at: Option<Instant> = quiet.is_none().then(Instant::now);
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                match closed_at {
+                    None => {
+                        let _ = stream.shutdown(Shutdown::Write);
+                        closed_at = Some(Instant::now());
+                    }
+                    Some(at) if at.elapsed() > Duration::from_secs(5) => break,
+                    Some(_) => {}
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    answer
+}
+
+fn exchange_http(addr: SocketAddr, input: &[u8]) -> Vec<u8> {
+    exchange(addr, input, Some(Duration::from_millis(100)))
+}
+
+fn http_request(method: &str, target: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+#[test]
+fn fuzz_http_requests() {
+    quiet_panics();
+    let served = Served::start();
+    let orders = envelope_lines(&OrderStream::take_events(9, 5, 3));
+    let mut chunked =
+        b"POST /v1/topics/orders/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    chunked.extend_from_slice(format!("{:x}\r\n", orders.len()).as_bytes());
+    chunked.extend_from_slice(&orders);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let seeds = vec![
+        http_request("POST", "/v1/sql", br#"{"sql": "SELECT customer, count(*), sum(amount) FROM orders GROUP BY customer ORDER BY 2 DESC LIMIT 3"}"#),
+        http_request("POST", "/v1/sql", br#"{"sql": "SELECT * FROM orders WHERE status = 'placed' AND amount > 10.5 LIMIT 5"}"#),
+        http_request("POST", "/v1/topics/orders/events", &orders),
+        http_request("POST", "/v1/topics/orders/events?type=OrderPlaced&key=order_id", br#"{"order_id": "o-1", "customer": "c", "amount": 3}"#),
+        chunked,
+        http_request("POST", "/v1/plugins?name=fuzzed&from=latest&take_over=false&param.x=1", b"\0asm\x0d\0\x01\0"),
+        http_request("POST", "/v1/plugins/orders/pause", b""),
+        http_request("POST", "/v1/plugins/orders/resume", b""),
+        http_request("POST", "/v1/plugins/orders/dlq/replay", b""),
+        http_request("GET", "/v1/plugins/orders/dlq/0/3", b""),
+        http_request("GET", "/v1/plugins/orders/logs?after=2", b""),
+        http_request("GET", "/v1/plugins/orders/versions", b""),
+        http_request("GET", "/v1/status", b""),
+    ];
+    fuzz("http", seeds, |input| served.check(&exchange_http(served.http, input)));
+    served.still_answers();
+}
+
+/// One Postgres wire message: its tag, its length, its body.
+fn pg_message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A message without a tag (startup, SSL and cancel requests): its length, its body.
+fn pg_untagged(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as i32 + 4).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+fn pg_startup() -> Vec<u8> {
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    body.extend_from_slice(b"user\0weir\0database\0weir\0application_name\0fuzz\0\0");
+    pg_untagged(&body)
+}
+
+fn pg_query(sql: &str) -> Vec<u8> {
+    pg_message(b'Q', format!("{sql}\0").as_bytes())
+}
+
+#[test]
+fn fuzz_postgres_messages() {
+    quiet_panics();
+    let served = Served::start();
+    let terminate = pg_message(b'X', b"");
+    let extended = {
+        let mut parse = b"s1\0SELECT * FROM orders WHERE customer = $1 LIMIT $2\0".to_vec();
+        parse.extend_from_slice(&2i16.to_be_bytes());
+        parse.extend_from_slice(&25i32.to_be_bytes());
+        parse.extend_from_slice(&20i32.to_be_bytes());
+        let mut bind = b"\0s1\0".to_vec();
+        bind.extend_from_slice(&1i16.to_be_bytes());
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&2i16.to_be_bytes());
+        for value in [&b"c-1"[..], b"5"] {
+            bind.extend_from_slice(&(value.len() as i32).to_be_bytes());
+            bind.extend_from_slice(value);
+        }
+        bind.extend_from_slice(&1i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes());
+        let mut execute = b"\0".to_vec();
+        execute.extend_from_slice(&0i32.to_be_bytes());
+        [
+            pg_startup(),
+            pg_message(b'P', &parse),
+            pg_message(b'B', &bind),
+            pg_message(b'D', b"P\0"),
+            pg_message(b'E', &execute),
+            pg_message(b'S', b""),
+            terminate.clone(),
+        ]
+        .concat()
+    };
+    let ssl =
+        { [pg_untagged(&80_877_103i32.to_be_bytes()), pg_startup(), pg_query("SELECT 1"), terminate.clone()].concat() };
+    let cancel = {
+        let mut body = 80_877_102i32.to_be_bytes().to_vec();
+        body.extend_from_slice(&7i32.to_be_bytes());
+        body.extend_from_slice(&9i32.to_be_bytes());
+        pg_untagged(&body)
+    };
+    let seeds = vec![
+        [pg_startup(), pg_query("SELECT customer, count(*) FROM orders GROUP BY customer ORDER BY 2 DESC LIMIT 3"), terminate.clone()]
+            .concat(),
+        extended,
+        [pg_startup(), pg_query("BEGIN; SET statement_timeout = 100; SHOW ALL; SAVEPOINT a; ROLLBACK TO SAVEPOINT a; COMMIT"), terminate.clone()]
+            .concat(),
+        [
+            pg_startup(),
+            pg_query("SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"),
+            terminate.clone(),
+        ]
+        .concat(),
+        ssl,
+        cancel,
+    ];
+    fuzz("postgres", seeds, |input| served.check(&exchange(served.pg.addr(), input, None)));
+    // What the fuzzer found (pgwire read a Bind parameter past the bytes received and panicked
+    // the connection's task): now a FATAL protocol violation naming the message.
+    let mut bind = b"\0s1\0".to_vec();
+    bind.extend_from_slice(&[0, 0, 0, 1, 0x7f, 0, 0, 0]);
+    let answer = exchange(served.pg.addr(), &[pg_startup(), pg_message(b'B', &bind)].concat(), None);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.contains("08P01") && text.contains("an invalid Bind message: a parameter's value (2130706432 bytes"),
+        "{text}"
+    );
+    served.still_answers();
 }
