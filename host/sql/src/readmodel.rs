@@ -92,17 +92,18 @@ pub(crate) fn arrow_schema(table: &TableSchema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Where a key's live row is.
+/// Where a key's live row is (12 bytes: an index entry is a boxed key and this, 32 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RowLocation {
-    Segment { id: u64, row: u32 },
+    Segment { id: u32, row: u32 },
     Tail(u32),
 }
 
+/// A sealed batch of rows. Its rows' keys are not kept beside it: the index holds each key once,
+/// and compaction reads the keys it needs back from the batch's columns.
 #[derive(Debug)]
 struct Segment {
     batch: RecordBatch,
-    keys: Vec<Vec<u8>>,
     live: Vec<bool>,
     live_count: usize,
     /// The live rows, cached until the next row of this segment dies.
@@ -110,6 +111,11 @@ struct Segment {
 }
 
 impl Segment {
+    fn new(batch: RecordBatch) -> Self {
+        let n = batch.num_rows();
+        Segment { batch, live: vec![true; n], live_count: n, filtered: None }
+    }
+
     fn live_batch(&mut self) -> Result<RecordBatch, ArrowError> {
         if self.live_count == self.live.len() {
             return Ok(self.batch.clone());
@@ -153,11 +159,12 @@ pub struct ReadModelTable {
     schema: TableSchema,
     arrow: SchemaRef,
     key_columns: Vec<usize>,
-    index: HashMap<Vec<u8>, RowLocation>,
-    segments: BTreeMap<u64, Segment>,
-    next_segment: u64,
+    /// Every live row's encoded key (exactly as long as it is), and where the row is.
+    index: HashMap<Box<[u8]>, RowLocation>,
+    segments: BTreeMap<u32, Segment>,
+    /// The next segment's id (wrapping: ids of live segments never meet again).
+    next_segment: u32,
     tail: Vec<Vec<Value>>,
-    tail_keys: Vec<Vec<u8>>,
     tail_live: Vec<bool>,
 }
 
@@ -174,7 +181,6 @@ impl ReadModelTable {
             segments: BTreeMap::new(),
             next_segment: 0,
             tail: Vec::new(),
-            tail_keys: Vec::new(),
             tail_live: Vec::new(),
         }
     }
@@ -197,10 +203,17 @@ impl ReadModelTable {
     /// Insert or replace a row (values in column order, checked by [`RowChanges::check`]).
     fn upsert(&mut self, row: Vec<Value>) -> Result<()> {
         let key = encode_key(self.key_columns.iter().map(|&i| &row[i]));
-        self.kill(&key);
-        self.index.insert(key.clone(), RowLocation::Tail(self.tail.len() as u32));
+        let at = RowLocation::Tail(self.tail.len() as u32);
+        match self.index.get_mut(key.as_slice()) {
+            Some(location) => {
+                let old = std::mem::replace(location, at);
+                self.kill_at(old);
+            }
+            None => {
+                self.index.insert(key.into_boxed_slice(), at);
+            }
+        }
         self.tail.push(row);
-        self.tail_keys.push(key);
         self.tail_live.push(true);
         if self.tail.len() >= MAX_TAIL_ROWS {
             self.seal()?;
@@ -211,45 +224,64 @@ impl ReadModelTable {
     /// Delete the row with this key (values in key order, checked), if there is one.
     fn delete(&mut self, key: &[Value]) -> Result<()> {
         let key = encode_key(key.iter());
-        self.kill(&key);
-        self.index.remove(&key);
+        if let Some(old) = self.index.remove(key.as_slice()) {
+            self.kill_at(old);
+        }
         Ok(())
     }
 
-    fn kill(&mut self, key: &[u8]) {
-        match self.index.get(key) {
-            Some(RowLocation::Tail(i)) => self.tail_live[*i as usize] = false,
-            Some(RowLocation::Segment { id, row }) => {
-                if let Some(segment) = self.segments.get_mut(id) {
-                    segment.kill(*row);
+    fn kill_at(&mut self, location: RowLocation) {
+        match location {
+            RowLocation::Tail(i) => self.tail_live[i as usize] = false,
+            RowLocation::Segment { id, row } => {
+                if let Some(segment) = self.segments.get_mut(&id) {
+                    segment.kill(row);
                 }
             }
-            None => {}
         }
     }
 
     /// Move the live tail rows into a new segment, then compact.
     fn seal(&mut self) -> Result<()> {
         let rows = std::mem::take(&mut self.tail);
-        let keys = std::mem::take(&mut self.tail_keys);
         let live = std::mem::take(&mut self.tail_live);
-        let (rows, keys): (Vec<_>, Vec<_>) =
-            rows.into_iter().zip(keys).zip(live).filter(|(_, live)| *live).map(|(pair, _)| pair).unzip();
+        let rows: Vec<Vec<Value>> = rows.into_iter().zip(live).filter(|(_, live)| *live).map(|(row, _)| row).collect();
         if !rows.is_empty() {
             let batch = self.build_batch(&rows)?;
-            self.add_segment(batch, keys);
+            let id = self.new_segment_id();
+            let mut key = Vec::with_capacity(32);
+            for (n, row) in rows.iter().enumerate() {
+                key.clear();
+                encode_key_into(&mut key, self.key_columns.iter().map(|&i| &row[i]));
+                if let Some(location) = self.index.get_mut(key.as_slice()) {
+                    *location = RowLocation::Segment { id, row: n as u32 };
+                }
+            }
+            self.segments.insert(id, Segment::new(batch));
         }
         self.compact()
     }
 
-    fn add_segment(&mut self, batch: RecordBatch, keys: Vec<Vec<u8>>) {
+    fn new_segment_id(&mut self) -> u32 {
         let id = self.next_segment;
-        self.next_segment += 1;
-        for (row, key) in keys.iter().enumerate() {
-            self.index.insert(key.clone(), RowLocation::Segment { id, row: row as u32 });
+        self.next_segment = self.next_segment.wrapping_add(1);
+        id
+    }
+
+    /// Add `batch` as a segment, pointing the index at its rows (keys read from its columns).
+    fn add_segment(&mut self, batch: RecordBatch) {
+        let id = self.new_segment_id();
+        let keys = encode_batch_keys(&batch, &self.key_columns, &self.schema);
+        for (row, key) in keys.into_iter().enumerate() {
+            let at = RowLocation::Segment { id, row: row as u32 };
+            match self.index.get_mut(key.as_slice()) {
+                Some(location) => *location = at,
+                None => {
+                    self.index.insert(key.into_boxed_slice(), at);
+                }
+            }
         }
-        let n = keys.len();
-        self.segments.insert(id, Segment { batch, keys, live: vec![true; n], live_count: n, filtered: None });
+        self.segments.insert(id, Segment::new(batch));
     }
 
     /// Rewrite segments that are more than half dead; merge small ones once there are many.
@@ -258,30 +290,29 @@ impl ReadModelTable {
             let table = table.to_string();
             move |source: ArrowError| ReadModelError::Arrow { table: table.clone(), message: source.to_string() }
         };
-        let mostly_dead: Vec<u64> =
+        let mostly_dead: Vec<u32> =
             self.segments.iter().filter(|(_, s)| s.live_count * 2 < s.live.len()).map(|(id, _)| *id).collect();
-        let small: Vec<u64> = self
+        let small: Vec<u32> = self
             .segments
             .iter()
             .filter(|(id, s)| s.live_count < SMALL_SEGMENT_ROWS && !mostly_dead.contains(id))
             .map(|(id, _)| *id)
             .collect();
-        let mut groups: Vec<Vec<u64>> = mostly_dead.into_iter().map(|id| vec![id]).collect();
+        let mut groups: Vec<Vec<u32>> = mostly_dead.into_iter().map(|id| vec![id]).collect();
         if small.len() >= MAX_SMALL_SEGMENTS {
             groups.push(small);
         }
         for group in groups {
             let mut batches = Vec::new();
-            let mut keys = Vec::new();
             for id in &group {
                 if let Some(mut segment) = self.segments.remove(id) {
                     batches.push(segment.live_batch().map_err(arrow_error(&self.schema.name))?);
-                    keys.extend(segment.keys.into_iter().zip(segment.live).filter(|(_, l)| *l).map(|(k, _)| k));
                 }
             }
             let merged = concat_batches(&self.arrow, &batches).map_err(arrow_error(&self.schema.name))?;
+            drop(batches);
             if merged.num_rows() > 0 {
-                self.add_segment(merged, keys);
+                self.add_segment(merged);
             }
         }
         Ok(())
@@ -364,18 +395,23 @@ fn build_column<'a>(kind: ColumnType, values: impl Iterator<Item = &'a Value>) -
 /// A compact, unambiguous byte form of a key: per value a tag, then its bytes.
 fn encode_key<'a>(values: impl Iterator<Item = &'a Value>) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
+    encode_key_into(&mut out, values);
+    out
+}
+
+/// [`encode_key`] appending to `out`.
+fn encode_key_into<'a>(out: &mut Vec<u8>, values: impl Iterator<Item = &'a Value>) {
     for value in values {
         match value {
-            Value::Null => push_key_part(&mut out, 0, false, &[]),
-            Value::String(s) => push_key_part(&mut out, 1, true, s.as_bytes()),
-            Value::Int64(v) => push_key_part(&mut out, 2, false, &v.to_le_bytes()),
-            Value::Float64(v) => push_key_part(&mut out, 3, false, &v.to_bits().to_le_bytes()),
-            Value::Bool(v) => push_key_part(&mut out, 4, false, &[u8::from(*v)]),
-            Value::Timestamp(v) => push_key_part(&mut out, 5, false, &v.to_le_bytes()),
-            Value::Bytes(b) => push_key_part(&mut out, 6, true, b),
+            Value::Null => push_key_part(out, 0, false, &[]),
+            Value::String(s) => push_key_part(out, 1, true, s.as_bytes()),
+            Value::Int64(v) => push_key_part(out, 2, false, &v.to_le_bytes()),
+            Value::Float64(v) => push_key_part(out, 3, false, &v.to_bits().to_le_bytes()),
+            Value::Bool(v) => push_key_part(out, 4, false, &[u8::from(*v)]),
+            Value::Timestamp(v) => push_key_part(out, 5, false, &v.to_le_bytes()),
+            Value::Bytes(b) => push_key_part(out, 6, true, b),
         }
     }
-    out
 }
 
 /// One value of an encoded key: its tag, its length when it has one, its bytes.
@@ -534,8 +570,7 @@ impl ReadModel {
             // The file's schema object may differ in metadata; rebuild on ours.
             let batch = RecordBatch::try_new(target.arrow.clone(), batch.columns().to_vec())
                 .map_err(|e| failed(e.to_string()))?;
-            let keys = encode_batch_keys(&batch, &target.key_columns, &target.schema);
-            target.add_segment(batch, keys);
+            target.add_segment(batch);
         }
         Ok(target.len())
     }
