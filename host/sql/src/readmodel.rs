@@ -166,6 +166,8 @@ pub struct ReadModelTable {
     next_segment: u32,
     tail: Vec<Vec<Value>>,
     tail_live: Vec<bool>,
+    /// Where upserts and deletes encode their key (an update allocates nothing for it).
+    key_buffer: Vec<u8>,
 }
 
 impl ReadModelTable {
@@ -182,6 +184,7 @@ impl ReadModelTable {
             next_segment: 0,
             tail: Vec::new(),
             tail_live: Vec::new(),
+            key_buffer: Vec::with_capacity(64),
         }
     }
 
@@ -202,7 +205,9 @@ impl ReadModelTable {
 
     /// Insert or replace a row (values in column order, checked by [`RowChanges::check`]).
     fn upsert(&mut self, row: Vec<Value>) -> Result<()> {
-        let key = encode_key(self.key_columns.iter().map(|&i| &row[i]));
+        let mut key = std::mem::take(&mut self.key_buffer);
+        key.clear();
+        encode_key_into(&mut key, self.key_columns.iter().map(|&i| &row[i]));
         let at = RowLocation::Tail(self.tail.len() as u32);
         match self.index.get_mut(key.as_slice()) {
             Some(location) => {
@@ -210,9 +215,10 @@ impl ReadModelTable {
                 self.kill_at(old);
             }
             None => {
-                self.index.insert(key.into_boxed_slice(), at);
+                self.index.insert(Box::from(key.as_slice()), at);
             }
         }
+        self.key_buffer = key;
         self.tail.push(row);
         self.tail_live.push(true);
         if self.tail.len() >= MAX_TAIL_ROWS {
@@ -223,10 +229,13 @@ impl ReadModelTable {
 
     /// Delete the row with this key (values in key order, checked), if there is one.
     fn delete(&mut self, key: &[Value]) -> Result<()> {
-        let key = encode_key(key.iter());
-        if let Some(old) = self.index.remove(key.as_slice()) {
+        let mut encoded = std::mem::take(&mut self.key_buffer);
+        encoded.clear();
+        encode_key_into(&mut encoded, key.iter());
+        if let Some(old) = self.index.remove(encoded.as_slice()) {
             self.kill_at(old);
         }
+        self.key_buffer = encoded;
         Ok(())
     }
 
@@ -393,13 +402,15 @@ fn build_column<'a>(kind: ColumnType, values: impl Iterator<Item = &'a Value>) -
 }
 
 /// A compact, unambiguous byte form of a key: per value a tag, then its bytes.
+#[cfg(test)]
 fn encode_key<'a>(values: impl Iterator<Item = &'a Value>) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
     encode_key_into(&mut out, values);
     out
 }
 
-/// [`encode_key`] appending to `out`.
+/// The encoded key of `values` (a compact, unambiguous byte form: per value a tag, then its
+/// bytes) appended to `out`.
 fn encode_key_into<'a>(out: &mut Vec<u8>, values: impl Iterator<Item = &'a Value>) {
     for value in values {
         match value {
@@ -426,7 +437,25 @@ fn push_key_part(out: &mut Vec<u8>, tag: u8, length_prefixed: bool, bytes: &[u8]
 /// The encoded key ([`encode_key`]) of every row of `batch`, read column by column straight from
 /// the Arrow arrays (restoring a table builds its whole index this way).
 fn encode_batch_keys(batch: &RecordBatch, key_columns: &[usize], schema: &TableSchema) -> Vec<Vec<u8>> {
-    let mut keys = vec![Vec::with_capacity(16 * key_columns.len()); batch.num_rows()];
+    // Each key allocated at its exact length, so boxing it for the index copies nothing.
+    let mut lengths = vec![0usize; batch.num_rows()];
+    for &c in key_columns {
+        let array = batch.column(c).as_ref();
+        let any = array.as_any();
+        for (row, length) in lengths.iter_mut().enumerate() {
+            *length += if array.is_null(row) {
+                1
+            } else {
+                match schema.columns[c].kind {
+                    ColumnType::String => 5 + any.downcast_ref::<StringArray>().map_or(0, |a| a.value(row).len()),
+                    ColumnType::Bytes => 5 + any.downcast_ref::<BinaryArray>().map_or(0, |a| a.value(row).len()),
+                    ColumnType::Bool => 2,
+                    _ => 9,
+                }
+            };
+        }
+    }
+    let mut keys: Vec<Vec<u8>> = lengths.into_iter().map(Vec::with_capacity).collect();
     for &c in key_columns {
         let array = batch.column(c).as_ref();
         let any = array.as_any();
