@@ -142,19 +142,29 @@ impl TableSchema {
     /// Check a row change against this schema; the error names the table, column, expected and
     /// actual type. [`RowChanges::check`] is how the host calls it.
     pub fn check(&self, change: &RowChange) -> Result<(), String> {
-        let (values, columns): (&[Value], Vec<&Column>) = match change {
-            RowChange::Upsert { row, .. } => (row, self.columns.iter().collect()),
+        match change {
+            // The common case, checked without collecting the columns (no allocation per row).
+            RowChange::Upsert { row, .. } => self.check_values(row, self.columns.iter(), self.columns.len(), "columns"),
             RowChange::Delete { key, .. } => {
-                (key, self.primary_key.iter().filter_map(|k| self.columns.iter().find(|c| &c.name == k)).collect())
+                let columns: Vec<&Column> =
+                    self.primary_key.iter().filter_map(|k| self.columns.iter().find(|c| &c.name == k)).collect();
+                self.check_values(key, columns.iter().copied(), columns.len(), "key columns")
             }
-        };
-        if values.len() != columns.len() {
-            let what = if matches!(change, RowChange::Upsert { .. }) { "columns" } else { "key columns" };
+        }
+    }
+
+    fn check_values<'a>(
+        &self,
+        values: &[Value],
+        columns: impl Iterator<Item = &'a Column>,
+        expected: usize,
+        what: &str,
+    ) -> Result<(), String> {
+        if values.len() != expected {
             return Err(format!(
-                "table {}: row has {} values but the table has {} {what}",
+                "table {}: row has {} values but the table has {expected} {what}",
                 self.name,
-                values.len(),
-                columns.len()
+                values.len()
             ));
         }
         for (value, column) in values.iter().zip(columns) {
