@@ -48,7 +48,8 @@ struct Args {
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
     /// Run only these scenarios (comma-separated: wasm_vs_native, kafka, readmodel, results, log,
-    /// e2e, plugins, lifecycle, handler, metrics, load; load runs only when named, or in --quick).
+    /// e2e, sql_ingest, plugins, lifecycle, handler, metrics, load; load runs only when named, or
+    /// in --quick).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How long `--only load` runs.
@@ -945,6 +946,86 @@ fn metrics_cost(events: usize, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     ])
 }
 
+/// SQL beside a projection ingesting at its full rate (issue 17's last goal). A host running the
+/// minimal projection reads 2N transactions over 1.2N accounts, so its table holds about 0.8N
+/// rows (the figure names the count). Then N more transactions on the same accounts (mostly updates) are written at once, and
+/// while the host works through them one client asks a group-by over the whole table back to
+/// back, through `SqlEngine` (the code behind `POST /v1/sql`). Reports the group-by's p50/p99
+/// while ingesting, and the rate the projection kept meanwhile.
+fn sql_beside_full_ingest(events: usize) -> anyhow::Result<Vec<Figure>> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let wasm = Workload::minimal(0).wasm()?;
+    let (dir, config) = host_config("sql-ingest", &wasm);
+    let host = weir_host::server::Host::start(&config)?;
+    let topic = weir_host::sample::TRANSACTIONS_TOPIC;
+    let accounts = (events as u64 * 6 / 5).max(1);
+    let mut stream = weir_host::sample::TransactionStream::new(46, accounts);
+    let mut write = |n: usize| -> anyhow::Result<u64> {
+        let mut left = n;
+        while left > 0 {
+            let chunk: Vec<_> = stream.by_ref().take(left.min(10_000)).collect();
+            left -= chunk.len();
+            host.sink.append(topic, chunk)?;
+        }
+        Ok(n as u64)
+    };
+    let mut written = write(2 * events)?;
+    anyhow::ensure!(host.wait_caught_up(written, std::time::Duration::from_secs(900)), "never caught up");
+    let rows: usize = host.sql.catalog().tables().iter().filter(|t| t.name == "balances").map(|t| t.rows).sum();
+    let sql = "SELECT transactions, count(*) AS accounts, sum(balance) AS total FROM balances GROUP BY transactions";
+    let done = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (engine, done) = (host.sql.clone(), done.clone());
+        std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let mut latencies = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                runtime.block_on(engine.query(sql)).map_err(|e| anyhow::anyhow!("{e}"))?;
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok(latencies)
+        })
+    };
+    let started = Instant::now();
+    let before = written;
+    written += write(events)?;
+    let caught_up = host.wait_caught_up(written, std::time::Duration::from_secs(900));
+    let ingest_rate = (written - before) as f64 / started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let mut latencies = client.join().map_err(|_| anyhow::anyhow!("the query client panicked"))??;
+    host.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(caught_up, "never caught up");
+    anyhow::ensure!(!latencies.is_empty(), "no query finished while the projection ingested");
+    latencies.sort_by(f64::total_cmp);
+    eprintln!(
+        "sql_ingest: {rows} rows, {} group-bys answered while {} events were applied at {ingest_rate:.0} events/s",
+        latencies.len(),
+        written - before
+    );
+    Ok(vec![
+        Figure {
+            scenario: "sql_ingest",
+            metric: format!("SQL group-by over {rows} rows beside the minimal projection at full rate"),
+            unit: "ms",
+            median: percentile(&latencies, 0.5),
+            low: percentile(&latencies, 0.5),
+            high: percentile(&latencies, 0.99),
+            spread: "p50–p99",
+            goal: "p99 < 50",
+        },
+        single_figure(
+            "sql_ingest",
+            format!("minimal projection's rate meanwhile, {events} events"),
+            "events/s",
+            ingest_rate,
+            "",
+        ),
+    ])
+}
+
 /// SQL under load (issue 14): for `seconds`, `rate` order events/s appended to the embedded log
 /// of a host running the orders projection, while `qps` queries/s in all go to the read model,
 /// half over HTTP (`POST /v1/sql`, one thread each of 8) and half over the Postgres wire (8
@@ -1641,6 +1722,9 @@ fn main() -> anyhow::Result<()> {
         for publish_ms in [100, 10] {
             figures.push(latency_at_rate(20_000, seconds, publish_ms)?);
         }
+    }
+    if run("sql_ingest") {
+        figures.extend(sql_beside_full_ingest(events)?);
     }
 
     println!(
