@@ -689,18 +689,14 @@ impl ReadModel {
         let mut file = std::fs::File::open(path).map_err(durable::at(path))?;
         // The Arrow reader allocates what the file's footer says a batch takes before reading it
         // (found by fuzzing: a damaged length asked for a petabyte and aborted the process).
-        check_ipc_blocks(&mut file).map_err(failed)?;
+        let rows_hint = check_ipc_blocks(&mut file).map_err(failed)?;
         // The Arrow reader panics on some malformed files (an integer type of width 0 in the
         // schema, found by fuzzing): a damaged file must be an error, never take the host down.
-        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let reader = FileReader::try_new(std::io::BufReader::new(file), None).map_err(|e| e.to_string())?;
-            let schema = reader.schema();
-            let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-            Ok::<_, String>((schema, batches))
-        }));
-        let (schema, batches) = decoded
-            .map_err(|_| failed("the Arrow reader failed on it (a malformed Arrow IPC file)".into()))?
-            .map_err(failed)?;
+        let malformed = || "the Arrow reader failed on it (a malformed Arrow IPC file)".to_string();
+        let reader = std::panic::catch_unwind(|| FileReader::try_new(std::io::BufReader::new(file), None))
+            .map_err(|_| failed(malformed()))?
+            .map_err(|e| failed(e.to_string()))?;
+        let schema = reader.schema();
         if schema.fields() != target.arrow.fields() {
             return Err(failed(format!(
                 "its columns ({}) are not those the plugin declares for {table} ({})",
@@ -709,20 +705,46 @@ impl ReadModel {
             )));
         }
         *target = ReadModelTable::new(target.schema.clone());
-        target.index.reserve(batches.iter().map(RecordBatch::num_rows).sum());
-        for batch in batches {
-            // The file's schema object may differ in metadata; rebuild on ours.
-            let batch = RecordBatch::try_new(target.arrow.clone(), batch.columns().to_vec())
-                .map_err(|e| failed(e.to_string()))?;
-            target.add_segment(batch);
+        target.index.reserve(rows_hint);
+        // A thread decodes the file's batches while this one indexes those already decoded.
+        let loaded = std::thread::scope(|scope| {
+            let (batches, decoded) = std::sync::mpsc::sync_channel(2);
+            scope.spawn(move || {
+                let mut reader = std::panic::AssertUnwindSafe(reader);
+                loop {
+                    let next = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next())) {
+                        Ok(None) => break,
+                        Ok(Some(batch)) => batch.map_err(|e| e.to_string()),
+                        Err(_) => Err(malformed()),
+                    };
+                    let stop = next.is_err();
+                    if batches.send(next).is_err() || stop {
+                        break;
+                    }
+                }
+            });
+            for batch in decoded {
+                // The file's schema object may differ in metadata; rebuild on ours.
+                let batch = batch.and_then(|b| {
+                    RecordBatch::try_new(target.arrow.clone(), b.columns().to_vec()).map_err(|e| e.to_string())
+                })?;
+                target.add_segment(batch);
+            }
+            Ok::<_, String>(())
+        });
+        if let Err(message) = loaded {
+            *target = ReadModelTable::new(target.schema.clone());
+            return Err(failed(message));
         }
         Ok(target.len())
     }
 }
 
 /// Check that every block an Arrow IPC file's footer lists lies inside the file, so reading it
-/// allocates no more than the file holds. Leaves the file at its start.
-fn check_ipc_blocks(file: &mut std::fs::File) -> std::result::Result<(), String> {
+/// allocates no more than the file holds. Leaves the file at its start. Returns the rows its
+/// record batches' headers claim (a hint for sizing the index, at most 8 per byte of the file;
+/// 0 for a header it cannot read).
+fn check_ipc_blocks(file: &mut std::fs::File) -> std::result::Result<usize, String> {
     use std::io::{Read, Seek, SeekFrom};
     let io = |e: std::io::Error| e.to_string();
     let size = file.seek(SeekFrom::End(0)).map_err(io)?;
@@ -754,8 +776,29 @@ fn check_ipc_blocks(file: &mut std::fs::File) -> std::result::Result<(), String>
             ));
         }
     }
+    let mut rows = 0u64;
+    for block in footer.recordBatches().into_iter().flatten() {
+        rows = rows.saturating_add(batch_rows(file, block.offset() as u64, block.metaDataLength() as usize));
+    }
     file.seek(SeekFrom::Start(0)).map_err(io)?;
-    Ok(())
+    Ok(rows.min(size.saturating_mul(8)) as usize)
+}
+
+/// The row count in the header of the record batch message at `offset` (`length` bytes of
+/// metadata: the continuation marker, the header's length, the header), or 0 if it cannot be read.
+fn batch_rows(file: &mut std::fs::File, offset: u64, length: usize) -> u64 {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut metadata = vec![0u8; length];
+    if length < 8 || file.seek(SeekFrom::Start(offset)).is_err() || file.read_exact(&mut metadata).is_err() {
+        return 0;
+    }
+    let header = &metadata[8..];
+    let header_len = i32::from_le_bytes([metadata[4], metadata[5], metadata[6], metadata[7]]);
+    let Some(header) = usize::try_from(header_len).ok().and_then(|n| header.get(..n)) else { return 0 };
+    datafusion::arrow::ipc::root_as_message(header)
+        .ok()
+        .and_then(|m| m.header_as_record_batch())
+        .map_or(0, |b| u64::try_from(b.length()).unwrap_or(0))
 }
 
 /// Write one table of a snapshot as an Arrow IPC file, synced before returning (the checkpoint
@@ -921,6 +964,8 @@ mod tests {
         let snapshot = model.snapshot().unwrap();
         let path = dir.path().join("t.arrow");
         write_table_file(&snapshot.tables[0], &path).unwrap();
+        // The index is sized from the rows the file's batch headers give.
+        assert_eq!(check_ipc_blocks(&mut std::fs::File::open(&path).unwrap()), Ok(300));
         let mut restored = ReadModel::new("p", &[schema()]);
         assert_eq!(restored.load_table_file("t", &path).unwrap(), 300);
         let t = restored.tables.get_mut("t").unwrap();
