@@ -409,16 +409,7 @@ fn readmodel(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
             goal,
         }
     };
-    let ms = |metric: &str, s: &[f64], goal| Figure {
-        scenario: "readmodel",
-        metric: metric.into(),
-        unit: "ms",
-        median: percentile(s, 0.5),
-        low: percentile(s, 0.5),
-        high: percentile(s, 0.99),
-        spread: "p50–p99",
-        goal,
-    };
+    let ms = |metric: &str, s: &[f64], goal| latency_figure("readmodel", metric.into(), s, goal);
     Ok(vec![
         rate(&format!("upsert, insert {rows} rows"), insert_rates, ""),
         rate(&format!("upsert, update {rows} rows"), update_rates, ""),
@@ -835,6 +826,20 @@ fn single_figure(scenario: &'static str, metric: String, unit: &'static str, val
     Figure { scenario, metric, unit, median: value, low: value, high: value, spread: "one run", goal }
 }
 
+/// A latency figure: p50 and p99 of `sorted` (milliseconds, sorted ascending).
+fn latency_figure(scenario: &'static str, metric: String, sorted: &[f64], goal: &'static str) -> Figure {
+    Figure {
+        scenario,
+        metric,
+        unit: "ms",
+        median: percentile(sorted, 0.5),
+        low: percentile(sorted, 0.5),
+        high: percentile(sorted, 0.99),
+        spread: "p50–p99",
+        goal,
+    }
+}
+
 /// A rate figure: median and min–max of `r`.
 fn rate_figure(scenario: &'static str, metric: String, r: &Rate) -> Figure {
     Figure {
@@ -1006,16 +1011,12 @@ fn sql_beside_full_ingest(events: usize) -> anyhow::Result<Vec<Figure>> {
         written - before
     );
     Ok(vec![
-        Figure {
-            scenario: "sql_ingest",
-            metric: format!("SQL group-by over {rows} rows beside the minimal projection at full rate"),
-            unit: "ms",
-            median: percentile(&latencies, 0.5),
-            low: percentile(&latencies, 0.5),
-            high: percentile(&latencies, 0.99),
-            spread: "p50–p99",
-            goal: "p99 < 50",
-        },
+        latency_figure(
+            "sql_ingest",
+            format!("SQL group-by over {rows} rows beside the minimal projection at full rate"),
+            &latencies,
+            "p99 < 50",
+        ),
         single_figure(
             "sql_ingest",
             format!("minimal projection's rate meanwhile, {events} events"),
@@ -1173,16 +1174,7 @@ fn load(seconds: u64, rate: usize, qps: usize) -> anyhow::Result<Vec<Figure>> {
                 spread: "one run",
                 goal: "",
             },
-            Figure {
-                scenario: "load",
-                metric: format!("{name} query latency under ingest"),
-                unit: "ms",
-                median: percentile(latencies, 0.5),
-                low: percentile(latencies, 0.5),
-                high: percentile(latencies, 0.99),
-                spread: "p50–p99",
-                goal: "",
-            },
+            latency_figure("load", format!("{name} query latency under ingest"), latencies, ""),
         ]
     };
     let mut figures = front("HTTP", &http_latencies);
@@ -1305,16 +1297,12 @@ fn latency_at_rate(rate: usize, seconds: u64, publish_ms: u64) -> anyhow::Result
     host.shutdown();
     latencies.sort_by(f64::total_cmp);
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(Figure {
-        scenario: "e2e",
-        metric: format!("produce→visible at {rate} events/s, publish every {publish_ms} ms"),
-        unit: "ms",
-        median: percentile(&latencies, 0.5),
-        low: percentile(&latencies, 0.5),
-        high: percentile(&latencies, 0.99),
-        spread: "p50–p99",
-        goal: "",
-    })
+    Ok(latency_figure(
+        "e2e",
+        format!("produce→visible at {rate} events/s, publish every {publish_ms} ms"),
+        &latencies,
+        "",
+    ))
 }
 
 /// The HTTP API over `state` on `addr` (port 0: any): the bound address, what stops it, its task.
@@ -1435,26 +1423,18 @@ fn lifecycle(events: usize, swaps: usize) -> anyhow::Result<Vec<Figure>> {
         single(format!("deploy orders over {events} events: catch-up rate"), "events/s", catch_up, ""),
         single(format!("rebuild orders side by side over {events} events"), "s", rebuild_seconds, "< 20 for 10M"),
         single(format!("rebuild rate over {events} events"), "events/s", events as f64 / rebuild_seconds, "≥ 500000"),
-        Figure {
-            scenario: "lifecycle",
-            metric: format!("hot swap under load: pause in processing ({swaps} swaps)"),
-            unit: "ms",
-            median: percentile(&pauses, 0.5),
-            low: percentile(&pauses, 0.5),
-            high: percentile(&pauses, 0.99),
-            spread: "p50–p99",
-            goal: "< 100",
-        },
-        Figure {
-            scenario: "lifecycle",
-            metric: "hot swap: deploy request round trip (upload, compile, apply)".into(),
-            unit: "ms",
-            median: percentile(&round_trips, 0.5),
-            low: percentile(&round_trips, 0.5),
-            high: percentile(&round_trips, 0.99),
-            spread: "p50–p99",
-            goal: "",
-        },
+        latency_figure(
+            "lifecycle",
+            format!("hot swap under load: pause in processing ({swaps} swaps)"),
+            &pauses,
+            "< 100",
+        ),
+        latency_figure(
+            "lifecycle",
+            "hot swap: deploy request round trip (upload, compile, apply)".into(),
+            &round_trips,
+            "",
+        ),
     ])
 }
 
