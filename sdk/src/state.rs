@@ -21,8 +21,8 @@ type KeyMap<V> = HashMap<Vec<u8>, V, BuildHasherDefault<KeyHasher>>;
 /// several lookups per event, where SipHash cost more than the rest of the lookup. Its keys come
 /// from the plugin's own events; a batch whose keys collide on purpose only slows that plugin,
 /// and its CPU budget per batch bounds that.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct KeyHasher(u64);
+#[derive(Default)]
+struct KeyHasher(u64);
 
 impl KeyHasher {
     const K: u64 = 0x517c_c1b7_2722_0a95;
