@@ -53,6 +53,8 @@
 //! [state](ProjectionCtx::put), never in globals: the host may recreate the instance at any time.
 #![deny(missing_docs)]
 
+#[cfg_attr(not(all(feature = "size-classes", target_family = "wasm")), allow(dead_code))]
+mod alloc;
 mod bindings;
 mod event;
 mod handler;
@@ -63,6 +65,11 @@ pub mod testing;
 
 #[doc(hidden)]
 pub mod __private;
+
+/// The plugin's heap allocator (feature `size-classes`, on by default; see `Cargo.toml`).
+#[cfg(all(feature = "size-classes", target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: alloc::SizeClasses = alloc::SizeClasses::new();
 
 pub use event::{Event, Position, Timestamp};
 pub use handler::{Handler, HandlerCtx, HandlerInfo, OutgoingEvent, TICKS_TOPIC, TIMER_HEADER};

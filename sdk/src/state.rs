@@ -291,6 +291,46 @@ mod tests {
     }
 
     #[test]
+    fn each_write_is_kept_or_dropped_by_the_outcome_of_the_event_that_made_it() {
+        sys::state_put(b"kept", b"1");
+        sys::state_put(b"gone", b"1");
+        let events = ["write-fail", "read-write-delete", "twice-fail", "read", "last-fail"]
+            .map(|id| crate::Event { id: id.into(), ..Default::default() });
+        let outcomes = run_batch(events, |state, event| {
+            let refuse = || Err(Error::msg(format!("{} refused", event.id)));
+            match event.id.as_str() {
+                "write-fail" => {
+                    state.put_bytes(b"w", b"1".to_vec());
+                    refuse()
+                }
+                "read-write-delete" => {
+                    let seen = state.get_bytes(b"w");
+                    state.put_bytes(b"w", b"2".to_vec());
+                    state.delete(b"gone");
+                    assert_eq!(state.get_bytes(b"gone"), None, "its own delete");
+                    Ok(seen)
+                }
+                "twice-fail" => {
+                    state.put_bytes(b"kept", b"5".to_vec());
+                    state.put_bytes(b"kept", b"6".to_vec());
+                    assert_eq!(state.get_bytes(b"kept").as_deref(), Some(&b"6"[..]));
+                    refuse()
+                }
+                "read" => Ok(state.get_bytes(b"kept").zip(state.get_bytes(b"w")).map(|(k, w)| [k, w].concat())),
+                _ => {
+                    state.put_bytes(b"w", b"9".to_vec());
+                    refuse()
+                }
+            }
+        });
+        assert_eq!(outcomes[1], Ok(None), "a failed event's write is not seen by the next");
+        assert_eq!(outcomes[3], Ok(Some(b"12".to_vec())), "kept as before the failed event, w as written");
+        assert_eq!(sys::state_get(b"w").as_deref(), Some(&b"2"[..]));
+        assert_eq!(sys::state_get(b"kept").as_deref(), Some(&b"1"[..]), "both writes of the failed event dropped");
+        assert_eq!(sys::state_get(b"gone"), None, "the delete reached the host");
+    }
+
+    #[test]
     fn keys_that_differ_only_in_length_or_tail_hash_apart() {
         let hash = |key: &[u8]| BuildHasherDefault::<KeyHasher>::default().hash_one(key);
         let keys: [&[u8]; 6] = [b"", b"\0", b"\0\0", b"account-1", b"account-2", b"account-10"];
