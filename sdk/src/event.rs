@@ -54,8 +54,11 @@ pub struct Event {
 impl Event {
     /// Decode the payload as JSON into `T`. The error names the event type and says what did not fit.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.payload)
-            .map_err(|e| Error::msg(format!("{} payload does not decode: {e}", self.event_type)))
+        // Checked as UTF-8 once, whole, rather than string by string as the JSON is read:
+        // fewer instructions per event in wasm, where the check runs 4 bytes at a time.
+        let text = std::str::from_utf8(&self.payload)
+            .map_err(|e| Error::msg(format!("{} payload is not UTF-8 JSON: {e}", self.event_type)))?;
+        serde_json::from_str(text).map_err(|e| Error::msg(format!("{} payload does not decode: {e}", self.event_type)))
     }
 
     /// The value of a header, if present.
@@ -72,5 +75,29 @@ impl Event {
             content_type: "application/json".to_string(),
             ..Event::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Paid {
+        amount: f64,
+    }
+
+    fn event(payload: &[u8]) -> Event {
+        Event { event_type: "Paid".into(), payload: payload.to_vec(), ..Event::default() }
+    }
+
+    #[test]
+    fn json_payloads_decode_and_bad_ones_say_what_is_wrong() {
+        assert_eq!(event(br#"{"note":"caf\u00e9 \u00e9","amount":2.5}"#).json::<Paid>(), Ok(Paid { amount: 2.5 }));
+        assert_eq!(event("{\"note\":\"café\",\"amount\":1}".as_bytes()).json::<Paid>(), Ok(Paid { amount: 1.0 }));
+        let not_utf8 = event(b"{\"note\":\"caf\xe9\",\"amount\":1}").json::<Paid>().unwrap_err().to_string();
+        assert!(not_utf8.starts_with("Paid payload is not UTF-8 JSON: invalid utf-8"), "{not_utf8}");
+        let missing = event(br#"{"note":"x"}"#).json::<Paid>().unwrap_err().to_string();
+        assert!(missing.starts_with("Paid payload does not decode: missing field `amount`"), "{missing}");
     }
 }
