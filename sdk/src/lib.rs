@@ -53,7 +53,10 @@
 //! [state](ProjectionCtx::put), never in globals: the host may recreate the instance at any time.
 #![deny(missing_docs)]
 
-#[cfg_attr(not(all(feature = "size-classes", target_family = "wasm")), allow(dead_code))]
+#[cfg_attr(
+    not(all(feature = "size-classes", target_family = "wasm", not(target_feature = "atomics"))),
+    allow(dead_code)
+)]
 mod alloc;
 mod bindings;
 mod event;
