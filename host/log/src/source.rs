@@ -25,8 +25,27 @@ impl From<LogError> for SourceError {
 const READ_BYTES: usize = 1 << 20;
 
 /// Reads every partition of some topics of the embedded log.
+///
+/// After a poll that returned events, the next batch is read on a thread of its own while the
+/// caller processes this one; the next poll takes it if nothing moved the reading positions in
+/// between (`start_from`, `add_topics`), and reads again itself otherwise.
 pub struct EmbeddedSource {
     log: Arc<EmbeddedLog>,
+    reader: Reader,
+    /// The next batch, being read ahead.
+    ahead: Option<Ahead>,
+}
+
+/// A read of the next batch on a thread of its own: for polls of `max` events, it returns the
+/// events and the reading positions and turn after them.
+struct Ahead {
+    max: usize,
+    reading: std::thread::JoinHandle<(Result<Vec<Event>>, Reader)>,
+}
+
+/// Where a source reads next.
+#[derive(Clone)]
+struct Reader {
     /// Next offset to read, per partition.
     next: BTreeMap<(String, u32), u64>,
     /// Partition to start the next poll at, for fairness.
@@ -43,7 +62,7 @@ impl EmbeddedSource {
                 next.insert((topic.clone(), partition), start(topic, partition));
             }
         }
-        Ok(EmbeddedSource { log, next, turn: 0 })
+        Ok(EmbeddedSource { log, reader: Reader { next, turn: 0 }, ahead: None })
     }
 
     /// The first offset in `[from, end)` whose event time is at or after `us`, else `end`.
@@ -62,7 +81,49 @@ impl EmbeddedSource {
         Ok(end)
     }
 
-    fn read_some(&mut self, max: usize) -> Result<Vec<Event>> {
+    /// Start reading the next batch of `max` events on a thread of its own.
+    fn read_ahead(&mut self, max: usize) {
+        let mut reader = self.reader.clone();
+        let log = self.log.clone();
+        let spawned = std::thread::Builder::new().name("weir-log-read-ahead".into()).spawn(move || {
+            let events = reader.read_some(&log, max);
+            (events, reader)
+        });
+        // Without a thread the next poll reads for itself.
+        self.ahead = spawned.ok().map(|reading| Ahead { max, reading });
+    }
+
+    /// The batch read ahead for a poll of `max` events, with the positions after it; `None`
+    /// when there is none, it is empty or failed (the poll then reads, and reports, itself).
+    fn take_ahead(&mut self, max: usize) -> Option<Vec<Event>> {
+        let ahead = self.ahead.take()?;
+        let (events, reader) = ahead.reading.join().ok()?;
+        match events {
+            Ok(events) if ahead.max == max && !events.is_empty() => {
+                self.reader = reader;
+                Some(events)
+            }
+            _ => None,
+        }
+    }
+
+    /// Drop a batch read ahead from positions that no longer hold.
+    fn cancel_ahead(&mut self) {
+        if let Some(ahead) = self.ahead.take() {
+            let _ = ahead.reading.join();
+        }
+    }
+}
+
+impl Drop for EmbeddedSource {
+    fn drop(&mut self) {
+        // The reading thread holds the log: let it finish before the source is gone.
+        self.cancel_ahead();
+    }
+}
+
+impl Reader {
+    fn read_some(&mut self, log: &EmbeddedLog, max: usize) -> Result<Vec<Event>> {
         let keys: Vec<(String, u32)> = self.next.keys().cloned().collect();
         let mut events = Vec::new();
         for i in 0..keys.len() {
@@ -74,7 +135,7 @@ impl EmbeddedSource {
                 continue;
             };
             let budget = READ_BYTES.min((max - events.len()) * 256).max(4096);
-            let mut batch = match self.log.read(&key.0, key.1, offset, budget) {
+            let mut batch = match log.read(&key.0, key.1, offset, budget) {
                 Ok(batch) => batch,
                 Err(LogError::OffsetOutOfRange { start, end, .. }) if offset < start => {
                     tracing::warn!(
@@ -99,18 +160,25 @@ impl EmbeddedSource {
 
 impl Source for EmbeddedSource {
     fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Event>> {
-        let seen = self.log.appends();
-        let events = self.read_some(max)?;
-        if !events.is_empty() || wait.is_zero() {
+        if let Some(events) = self.take_ahead(max) {
+            self.read_ahead(max);
             return Ok(events);
         }
-        self.log.wait(seen, wait);
-        self.read_some(max)
+        let seen = self.log.appends();
+        let mut events = self.reader.read_some(&self.log, max)?;
+        if events.is_empty() && !wait.is_zero() {
+            self.log.wait(seen, wait);
+            events = self.reader.read_some(&self.log, max)?;
+        }
+        if !events.is_empty() {
+            self.read_ahead(max);
+        }
+        Ok(events)
     }
 
     fn ends(&mut self) -> Vec<PartitionEnd> {
         let topics: Vec<String> = {
-            let mut t: Vec<String> = self.next.keys().map(|(t, _)| t.clone()).collect();
+            let mut t: Vec<String> = self.reader.next.keys().map(|(t, _)| t.clone()).collect();
             t.dedup();
             t
         };
@@ -131,7 +199,7 @@ impl Source for EmbeddedSource {
     }
 
     fn assignment(&self) -> Vec<(String, u32)> {
-        self.next.keys().cloned().collect()
+        self.reader.next.keys().cloned().collect()
     }
 
     fn describe(&self) -> String {
@@ -156,20 +224,22 @@ impl Source for EmbeddedSource {
     }
 
     fn add_topics(&mut self, topics: &[String], positions: &PositionMap) -> Result<()> {
+        self.cancel_ahead();
         for topic in topics {
             let partitions = self.log.create_topic(topic)?;
             for partition in 0..partitions {
                 let key = (topic.clone(), partition);
                 let start = positions.get(&key).copied().unwrap_or(0);
-                self.next.entry(key).or_insert(start);
+                self.reader.next.entry(key).or_insert(start);
             }
         }
         Ok(())
     }
 
     fn start_from(&mut self, positions: &PositionMap) {
+        self.cancel_ahead();
         for (key, next) in positions {
-            if let Some(entry) = self.next.get_mut(key) {
+            if let Some(entry) = self.reader.next.get_mut(key) {
                 *entry = *next;
             }
         }
@@ -212,5 +282,77 @@ impl EventSink for EmbeddedSink {
             }
             other => Ok(other?),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LogConfig;
+
+    fn events(from: u64, n: u64) -> Vec<Event> {
+        (from..from + n)
+            .map(|i| Event { id: format!("e-{i}"), key: Some(format!("k-{}", i % 7)), ..Event::default() })
+            .collect()
+    }
+
+    /// Polls while a batch is read ahead, with appends in between, a rewind and a new topic: each
+    /// event comes once, in order within its partition, and a rewind is read from where it says.
+    #[test]
+    fn batches_read_ahead_lose_nothing_and_follow_moved_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(EmbeddedLog::open(dir.path(), LogConfig { partitions: 3, ..LogConfig::default() }).unwrap());
+        log.append("a", events(0, 500)).unwrap();
+        let mut source = EmbeddedSource::new(log.clone(), &["a".to_string()], |_, _| 0).unwrap();
+        let mut seen: Vec<Event> = Vec::new();
+        fn poll(source: &mut EmbeddedSource, seen: &mut Vec<Event>, max: usize) -> usize {
+            let got = source.poll(max, Duration::ZERO).unwrap();
+            assert!(got.len() <= max, "a poll of {max} gave {}", got.len());
+            seen.extend(got.iter().cloned());
+            got.len()
+        }
+        let mut polls = 0;
+        while seen.len() < 500 {
+            // Polls of changing sizes: one never takes a batch read for a larger one.
+            poll(&mut source, &mut seen, if polls % 3 == 2 { 10 } else { 64 });
+            polls += 1;
+            // More events arrive while a batch is being read ahead.
+            if polls == 3 {
+                log.append("a", events(500, 300)).unwrap();
+            }
+        }
+        while poll(&mut source, &mut seen, 64) > 0 {}
+        let ids = |list: &[Event]| {
+            let mut ids: Vec<String> = list.iter().map(|e| e.id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        let all = events(0, 800);
+        assert_eq!(ids(&seen), ids(&all), "each event exactly once");
+        for partition in 0..3 {
+            let offsets: Vec<u64> =
+                seen.iter().filter(|e| e.position.partition == partition).map(|e| e.position.offset).collect();
+            assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "partition {partition} in order: {offsets:?}");
+        }
+
+        // Rewind partition 1 after a batch was read ahead: the next poll starts there.
+        seen.clear();
+        log.append("a", events(800, 100)).unwrap();
+        assert!(poll(&mut source, &mut seen, 16) > 0);
+        let rewind = PositionMap::from([(("a".to_string(), 1), 5)]);
+        source.start_from(&rewind);
+        seen.clear();
+        while poll(&mut source, &mut seen, 16) > 0 {}
+        let first_of_1 = seen.iter().find(|e| e.position.partition == 1).unwrap();
+        assert_eq!(first_of_1.position.offset, 5, "the rewind is read from where it says");
+
+        // A topic added while a batch is read ahead is read too.
+        log.append("b", events(0, 20)).unwrap();
+        log.append("a", events(900, 50)).unwrap();
+        assert!(poll(&mut source, &mut seen, 16) > 0);
+        source.add_topics(&["b".to_string()], &PositionMap::new()).unwrap();
+        seen.clear();
+        while poll(&mut source, &mut seen, 16) > 0 {}
+        assert_eq!(seen.iter().filter(|e| e.position.topic == "b").count(), 20);
     }
 }

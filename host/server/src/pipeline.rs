@@ -993,15 +993,24 @@ impl Pipeline {
         outcome
     }
 
-    /// Publish every read model's current state to the catalog.
+    /// Publish every read model's current state to the catalog: side by side, one thread per
+    /// read model, when there are workers and more than one read model.
     pub fn publish(&mut self) -> Result<(), ReadModelError> {
-        for slot in &mut self.slots {
+        let catalog = &self.catalog;
+        let publish = |slot: &mut Slot| {
             if let Some(model) = &mut slot.model {
                 model.set_positions(&slot.positions);
-                self.catalog.publish(model.snapshot()?);
+                catalog.publish(model.snapshot()?);
             }
+            Ok(())
+        };
+        match &self.workers {
+            Some(workers) if self.slots.iter().filter(|s| s.model.is_some()).count() > 1 => {
+                use rayon::iter::{IntoParallelRefMutIterator, ParallelIterator};
+                workers.install(|| self.slots.par_iter_mut().try_for_each(publish))
+            }
+            _ => self.slots.iter_mut().try_for_each(publish),
         }
-        Ok(())
     }
 
     /// Every plugin's positions, tables and state at this instant (and publish the tables).
