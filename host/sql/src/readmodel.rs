@@ -11,8 +11,8 @@
 //! Invariant: a snapshot of a [`ReadModel`] holds every table of one projection at the same event
 //! boundary; no event is ever half applied in it.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use std::path::Path;
@@ -132,30 +132,86 @@ impl IndexKey {
     }
 }
 
-impl std::borrow::Borrow<[u8]> for IndexKey {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-// Hashed and compared as the bytes they hold, as `Borrow<[u8]>` requires.
-impl std::hash::Hash for IndexKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
-    }
-}
-
-impl PartialEq for IndexKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for IndexKey {}
-
 impl std::fmt::Debug for IndexKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}", self.as_bytes())
+    }
+}
+
+/// Shards of the key index. A key's shard is one bit of its hash, so a restore fills the shards on
+/// threads of their own.
+const INDEX_SHARDS: usize = 2;
+
+/// Below this many rows a restore indexes them on one thread.
+const PARALLEL_INDEX_ROWS: usize = 16_384;
+
+/// Every live row's encoded key and where the row is. Each operation hashes its key once, with
+/// a per-process random seed (a plugin cannot pick keys that collide).
+#[derive(Debug, Default)]
+struct KeyIndex {
+    hasher: std::hash::RandomState,
+    shards: [IndexShard; INDEX_SHARDS],
+}
+
+type IndexShard = hashbrown::HashTable<(IndexKey, RowLocation)>;
+
+impl KeyIndex {
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Bit 48 of the hash: the table inside a shard probes by the low bits and tags entries with
+    /// the top seven, so neither is constant within a shard.
+    fn shard_of(hash: u64) -> usize {
+        (hash >> 48) as usize % INDEX_SHARDS
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(IndexShard::len).sum()
+    }
+
+    /// Room for `rows` keys spread over the shards, with some slack for an uneven spread.
+    fn reserve(&mut self, rows: usize) {
+        let per_shard = rows / INDEX_SHARDS + rows / 64 + 16;
+        let hasher = &self.hasher;
+        for shard in &mut self.shards {
+            shard.reserve(per_shard, |(key, _)| hasher.hash_one(key.as_bytes()));
+        }
+    }
+
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut RowLocation> {
+        let hash = self.hash(key);
+        self.shards[Self::shard_of(hash)].find_mut(hash, |(k, _)| k.as_bytes() == key).map(|(_, at)| at)
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<RowLocation> {
+        let hash = self.hash(key);
+        let entry = self.shards[Self::shard_of(hash)].find_entry(hash, |(k, _)| k.as_bytes() == key).ok()?;
+        Some(entry.remove().0.1)
+    }
+
+    /// Point `key` at `at`; returns where it pointed before, if it was in the index.
+    fn locate(&mut self, key: &[u8], at: RowLocation) -> Option<RowLocation> {
+        let hash = self.hash(key);
+        locate_in(&mut self.shards[Self::shard_of(hash)], &self.hasher, hash, key, at)
+    }
+}
+
+/// [`KeyIndex::locate`] within the shard `hash` picks: one lookup, and the key is copied (boxed
+/// if long) only when it is new.
+fn locate_in(
+    shard: &mut IndexShard,
+    hasher: &std::hash::RandomState,
+    hash: u64,
+    key: &[u8],
+    at: RowLocation,
+) -> Option<RowLocation> {
+    match shard.entry(hash, |(k, _)| k.as_bytes() == key, |(k, _)| hasher.hash_one(k.as_bytes())) {
+        hashbrown::hash_table::Entry::Occupied(mut entry) => Some(std::mem::replace(&mut entry.get_mut().1, at)),
+        hashbrown::hash_table::Entry::Vacant(entry) => {
+            entry.insert((IndexKey::new(key), at));
+            None
+        }
     }
 }
 
@@ -220,7 +276,7 @@ pub struct ReadModelTable {
     arrow: SchemaRef,
     key_columns: Vec<usize>,
     /// Every live row's encoded key, and where the row is.
-    index: HashMap<IndexKey, RowLocation>,
+    index: KeyIndex,
     segments: BTreeMap<u32, Segment>,
     /// The next segment's id (wrapping: ids of live segments never meet again).
     next_segment: u32,
@@ -241,7 +297,7 @@ impl ReadModelTable {
             arrow: arrow_schema(&schema),
             schema,
             key_columns,
-            index: HashMap::new(),
+            index: KeyIndex::default(),
             segments: BTreeMap::new(),
             next_segment: 1,
             tail_segment: 0,
@@ -263,7 +319,7 @@ impl ReadModelTable {
 
     /// True when the table has no row.
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.index.len() == 0
     }
 
     /// Insert or replace a row (values in column order, checked by [`RowChanges::check`]).
@@ -296,25 +352,9 @@ impl ReadModelTable {
         Ok(())
     }
 
-    /// Point `key` at `at`; returns where it pointed before, if it was in the index. A key that
-    /// fits inline is found or inserted with one lookup; a longer one is boxed only when new.
+    /// Point `key` at `at`; returns where it pointed before, if it was in the index.
     fn locate(&mut self, key: &[u8], at: RowLocation) -> Option<RowLocation> {
-        if key.len() <= INLINE_KEY {
-            return match self.index.entry(IndexKey::new(key)) {
-                Entry::Occupied(mut entry) => Some(entry.insert(at)),
-                Entry::Vacant(entry) => {
-                    entry.insert(at);
-                    None
-                }
-            };
-        }
-        match self.index.get_mut(key) {
-            Some(location) => Some(std::mem::replace(location, at)),
-            None => {
-                self.index.insert(IndexKey::new(key), at);
-                None
-            }
-        }
+        self.index.locate(key, at)
     }
 
     fn kill_at(&mut self, location: RowLocation) {
@@ -369,13 +409,61 @@ impl ReadModelTable {
         let id = self.new_segment_id();
         let columns = KeyColumns::of(&batch, &self.key_columns, &self.schema);
         let mut key = std::mem::take(&mut self.key_buffer);
+        let mut replaced = Vec::new();
         for row in 0..batch.num_rows() {
             key.clear();
             columns.encode_row(&mut key, row);
-            self.locate(&key, RowLocation { segment: id, row: row as u32 });
+            replaced.extend(self.locate(&key, RowLocation { segment: id, row: row as u32 }));
         }
         self.key_buffer = key;
         self.segments.insert(id, Segment::new(batch));
+        // A key twice (only in a damaged file): the later row wins, as an upsert would.
+        replaced.into_iter().for_each(|old| self.kill_at(old));
+    }
+
+    /// Add `batches` as segments, in order, and index their rows: each shard of the index on a
+    /// thread of its own, each thread reading every key and keeping those of its shard, so the
+    /// index ends as [`add_segment`](Self::add_segment) one batch after another would leave it.
+    fn add_segments(&mut self, batches: Vec<RecordBatch>) {
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if rows < PARALLEL_INDEX_ROWS {
+            batches.into_iter().for_each(|batch| self.add_segment(batch));
+            return;
+        }
+        let ids: Vec<u32> = batches.iter().map(|_| self.new_segment_id()).collect();
+        let (key_columns, schema) = (&self.key_columns, &self.schema);
+        let KeyIndex { hasher, shards } = &mut self.index;
+        let hasher = &*hasher;
+        let index_shard = |n: usize, shard: &mut IndexShard| {
+            let (mut key, mut replaced) = (Vec::with_capacity(64), Vec::new());
+            for (batch, &id) in batches.iter().zip(&ids) {
+                let columns = KeyColumns::of(batch, key_columns, schema);
+                for row in 0..batch.num_rows() {
+                    key.clear();
+                    columns.encode_row(&mut key, row);
+                    let hash = hasher.hash_one(key.as_slice());
+                    if KeyIndex::shard_of(hash) == n {
+                        let at = RowLocation { segment: id, row: row as u32 };
+                        replaced.extend(locate_in(shard, hasher, hash, &key, at));
+                    }
+                }
+            }
+            replaced
+        };
+        let replaced = std::thread::scope(|scope| {
+            let (first, rest) = shards.split_at_mut(1);
+            let others: Vec<_> =
+                rest.iter_mut().enumerate().map(|(n, shard)| scope.spawn(move || index_shard(n + 1, shard))).collect();
+            let mut replaced = index_shard(0, &mut first[0]);
+            for other in others {
+                replaced.extend(other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+            }
+            replaced
+        });
+        for (id, batch) in ids.into_iter().zip(batches) {
+            self.segments.insert(id, Segment::new(batch));
+        }
+        replaced.into_iter().for_each(|old| self.kill_at(old));
     }
 
     /// Rewrite segments that are more than half dead; merge small ones once there are many.
@@ -705,37 +793,26 @@ impl ReadModel {
             )));
         }
         *target = ReadModelTable::new(target.schema.clone());
-        target.index.reserve(rows_hint);
-        // A thread decodes the file's batches while this one indexes those already decoded.
-        let loaded = std::thread::scope(|scope| {
-            let (batches, decoded) = std::sync::mpsc::sync_channel(2);
-            scope.spawn(move || {
-                let mut reader = std::panic::AssertUnwindSafe(reader);
-                loop {
-                    let next = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next())) {
-                        Ok(None) => break,
-                        Ok(Some(batch)) => batch.map_err(|e| e.to_string()),
-                        Err(_) => Err(malformed()),
-                    };
-                    let stop = next.is_err();
-                    if batches.send(next).is_err() || stop {
-                        break;
-                    }
-                }
-            });
-            for batch in decoded {
-                // The file's schema object may differ in metadata; rebuild on ours.
-                let batch = batch.and_then(|b| {
-                    RecordBatch::try_new(target.arrow.clone(), b.columns().to_vec()).map_err(|e| e.to_string())
-                })?;
-                target.add_segment(batch);
+        let mut reader = std::panic::AssertUnwindSafe(reader);
+        let mut batches = Vec::new();
+        let loaded = loop {
+            let next = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next())) {
+                Ok(None) => break Ok(()),
+                Ok(Some(batch)) => batch.map_err(|e| e.to_string()),
+                Err(_) => Err(malformed()),
+            };
+            // The file's schema object may differ in metadata; rebuild on ours.
+            match next.and_then(|b| {
+                RecordBatch::try_new(target.arrow.clone(), b.columns().to_vec()).map_err(|e| e.to_string())
+            }) {
+                Ok(batch) => batches.push(batch),
+                Err(message) => break Err(message),
             }
-            Ok::<_, String>(())
-        });
-        if let Err(message) = loaded {
-            *target = ReadModelTable::new(target.schema.clone());
-            return Err(failed(message));
-        }
+        };
+        // A file that fails part way leaves the table empty.
+        loaded.map_err(failed)?;
+        target.index.reserve(rows_hint);
+        target.add_segments(batches);
         Ok(target.len())
     }
 }
@@ -949,6 +1026,42 @@ mod tests {
         let mut model = ReadModel::new("p", &[schema()]);
         model.apply(RowChanges::check(&[schema()], vec![good]).unwrap()).unwrap();
         assert_eq!(model.snapshot().unwrap().tables[0].rows, 1);
+    }
+
+    #[test]
+    fn a_restore_indexes_on_threads_what_one_thread_would() {
+        // 40,000 rows in three batches, the first 10,000 keys again in the third: no checkpoint
+        // holds a key twice, but a damaged file may, and it must load as one thread loads it.
+        let table = ReadModelTable::new(schema());
+        let batch = |keys: std::ops::Range<i64>| {
+            table.build_batch(keys.map(|i| vec![Value::String(format!("k{}", i % 30_000)), Value::Int64(i)]).collect())
+        };
+        let batches = vec![batch(0..15_000).unwrap(), batch(15_000..30_000).unwrap(), batch(30_000..40_000).unwrap()];
+        const { assert!(40_000 >= PARALLEL_INDEX_ROWS) };
+        let mut serial = ReadModelTable::new(schema());
+        batches.iter().cloned().for_each(|b| serial.add_segment(b));
+        let mut parallel = ReadModelTable::new(schema());
+        parallel.add_segments(batches);
+        let entries = |t: &ReadModelTable| {
+            let mut entries: Vec<(Vec<u8>, RowLocation)> =
+                t.index.shards.iter().flat_map(|s| s.iter().map(|(k, at)| (k.as_bytes().to_vec(), *at))).collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            entries
+        };
+        assert_eq!(parallel.len(), 30_000);
+        assert_eq!(entries(&parallel), entries(&serial));
+        // Every key sits in the shard its hash picks, and both shards hold keys.
+        for (n, shard) in parallel.index.shards.iter().enumerate() {
+            assert!(shard.len() > 10_000, "shard {n} holds {} keys", shard.len());
+            assert!(shard.iter().all(|(k, _)| KeyIndex::shard_of(parallel.index.hash(k.as_bytes())) == n));
+        }
+        // Lookups find what the threads put in: an upsert replaces, a delete removes.
+        parallel.upsert(vec![Value::String("k5".into()), Value::Int64(-5)]).unwrap();
+        parallel.delete(&[Value::String("k29999".into())]).unwrap();
+        let after = rows(&mut parallel);
+        assert_eq!((after.len(), after["k5"], after.get("k29999")), (29_999, Some(-5), None));
+        assert_eq!(after["k7"], Some(30_007));
+        assert_eq!(rows(&mut serial).len(), 30_000);
     }
 
     #[test]
