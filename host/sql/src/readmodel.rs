@@ -408,17 +408,18 @@ impl ReadModelTable {
     fn add_segment(&mut self, batch: RecordBatch) {
         let id = self.new_segment_id();
         let columns = KeyColumns::of(&batch, &self.key_columns, &self.schema);
+        // The segment is in place first, so that a key twice in the batch (only in a damaged
+        // file) leaves the later row live, as an upsert would.
+        self.segments.insert(id, Segment::new(batch.clone()));
         let mut key = std::mem::take(&mut self.key_buffer);
-        let mut replaced = Vec::new();
         for row in 0..batch.num_rows() {
             key.clear();
             columns.encode_row(&mut key, row);
-            replaced.extend(self.locate(&key, RowLocation { segment: id, row: row as u32 }));
+            if let Some(old) = self.locate(&key, RowLocation { segment: id, row: row as u32 }) {
+                self.kill_at(old);
+            }
         }
         self.key_buffer = key;
-        self.segments.insert(id, Segment::new(batch));
-        // A key twice (only in a damaged file): the later row wins, as an upsert would.
-        replaced.into_iter().for_each(|old| self.kill_at(old));
     }
 
     /// Add `batches` as segments, in order, and index their rows: each shard of the index on a
