@@ -537,6 +537,7 @@ fn results(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
         token: None,
         reads_need_token: false,
         admin: None,
+        hosts: weir_host::api::AllowedHosts::loopback(),
     });
     let (http, stop_tx, http_server) = serve_http(&runtime, loopback, state)?;
     const SQL: &str = "SELECT * FROM orders";
@@ -573,6 +574,7 @@ fn results(rows: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
         let (started, mut count, mut first) = (Instant::now(), 0, None);
         let body = serde_json::to_vec(&serde_json::json!({ "sql": SQL }))?;
         let response = ureq::post(&format!("http://{http}/v1/sql"))
+            .header("content-type", "application/json")
             .header("accept", weir_host::api::ARROW_STREAM)
             .send(&body[..])?;
         let reader = response.into_body().into_with_config().limit(u64::MAX).reader();
@@ -1076,6 +1078,7 @@ fn load(seconds: u64, rate: usize, qps: usize) -> anyhow::Result<Vec<Figure>> {
                     let sent = Instant::now();
                     let answered = agent
                         .post(&url)
+                        .header("content-type", "application/json")
                         .send(body.as_bytes())
                         .is_ok_and(|mut r| r.status().as_u16() == 200 && r.body_mut().read_to_vec().is_ok());
                     if answered {
@@ -1358,7 +1361,11 @@ fn lifecycle(events: usize, swaps: usize) -> anyhow::Result<Vec<Figure>> {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let auth = format!("Bearer {}", host.token.secret());
     let admin = |path: &str, body: &[u8]| -> anyhow::Result<weir_host::status::AdminOutcome> {
-        let mut response = agent.post(&format!("http://{http}{path}")).header("authorization", &auth).send(body)?;
+        let mut response = agent
+            .post(&format!("http://{http}{path}"))
+            .header("authorization", &auth)
+            .header("content-type", "application/wasm")
+            .send(body)?;
         let text = response.body_mut().read_to_string()?;
         anyhow::ensure!(response.status().is_success(), "{path}: {text}");
         Ok(serde_json::from_str(&text)?)

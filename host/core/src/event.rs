@@ -103,6 +103,19 @@ pub struct Event {
     pub position: Position,
 }
 
+/// Topics whose name starts with this are the host's own (`weir.ticks`, `weir.journal.<handler>`,
+/// `weir.dlq.<plugin>`): nothing else writes to them.
+pub const HOST_TOPIC_PREFIX: &str = "weir.";
+
+/// Headers whose name starts with this are the host's own (`weir-emitter`, `weir-timer`,
+/// `weir-dlq-*`...): producers may not set them.
+pub const HOST_HEADER_PREFIX: &str = "weir-";
+
+/// The longest plugin name, in bytes: its host topics (`weir.journal.<name>`) and checkpoint
+/// files (`<name>.state.bin`, `<name>.<table>.arrow`) stay well within the limits of topic and
+/// file names (249 and 255 bytes).
+pub const MAX_PLUGIN_NAME: usize = 100;
+
 /// Whether `name` can be a topic: 1 to 249 characters of `a-z A-Z 0-9 . _ -`, not `.` or `..`
 /// (Kafka's rule, and a directory name in the embedded log).
 pub fn valid_topic_name(name: &str) -> bool {

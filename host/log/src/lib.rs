@@ -312,7 +312,9 @@ impl EmbeddedLog {
         if let Some(existing) = topics.keys().find(|t| t.eq_ignore_ascii_case(name)) {
             return Err(LogError::TopicCaseClash { name: name.to_string(), existing: existing.clone() });
         }
-        if topics.len() >= self.config.max_topics {
+        // The host's own topics (dead letters, journals, ticks: a few per plugin) are never
+        // refused: refusing one would lose what the host must keep.
+        if !is_host_topic(name) && user_topics(&topics) >= self.config.max_topics {
             return Err(LogError::TooManyTopics { name: name.to_string(), limit: self.config.max_topics });
         }
         let count = self.config.topics.get(name).map_or(self.config.partitions, |t| t.partitions).max(1);
@@ -355,6 +357,12 @@ impl EmbeddedLog {
     /// [`MAX_RECORD_BYTES`]), without writing it or creating the topic.
     pub fn check(&self, topic: &str, event: &Event) -> Result<()> {
         check_topic_name(topic)?;
+        if !is_host_topic(topic) && !self.has_topic(topic) {
+            let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+            if !topics.contains_key(topic) && user_topics(&topics) >= self.config.max_topics {
+                return Err(LogError::TooManyTopics { name: topic.to_string(), limit: self.config.max_topics });
+            }
+        }
         let bytes = encoded_len(event);
         if bytes > MAX_RECORD_BYTES {
             return Err(LogError::RecordTooLarge { index: 0, bytes, limit: MAX_RECORD_BYTES });
@@ -1019,9 +1027,41 @@ fn decode_body(body: &[u8], topic: &str, partition: u32) -> Result<Event, String
     })
 }
 
+/// Whether `name` is one of the host's own topics, which `[log] max_topics` does not count.
+fn is_host_topic(name: &str) -> bool {
+    name.starts_with(weir_core::event::HOST_TOPIC_PREFIX)
+}
+
+/// How many of `topics` count against `[log] max_topics`.
+fn user_topics<T>(topics: &BTreeMap<String, T>) -> usize {
+    topics.keys().filter(|t| !is_host_topic(t)).count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 32: at `[log] max_topics` a dead letter's topic was refused like any other, and the
+    /// dead letter dropped. The host's own topics are not counted and never refused; a user
+    /// topic past the limit is refused by `check` already (so an emitted event for it is a
+    /// plugin's failure, dead-lettered, not dropped when written).
+    #[test]
+    fn the_topic_limit_counts_and_refuses_only_user_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), LogConfig { max_topics: 2, ..LogConfig::default() }).unwrap();
+        let one = || vec![Event { id: "x".into(), event_type: "T".into(), ..Event::default() }];
+        log.append("a", one()).unwrap();
+        log.append("b", one()).unwrap();
+        let refused = log.append("c", one()).unwrap_err();
+        assert!(matches!(refused, LogError::TooManyTopics { .. }), "{refused}");
+        assert!(matches!(log.check("c", &one()[0]), Err(LogError::TooManyTopics { .. })));
+        assert!(log.check("b", &one()[0]).is_ok());
+        for host_topic in ["weir.dlq.p", "weir.journal.p", "weir.ticks"] {
+            assert!(log.check(host_topic, &one()[0]).is_ok(), "{host_topic}");
+            log.append(host_topic, one()).unwrap_or_else(|e| panic!("{host_topic}: {e}"));
+        }
+        assert!(matches!(log.append("d", one()), Err(LogError::TooManyTopics { .. })));
+    }
 
     /// Several topics in one append: positions per topic as for one append each, all readable.
     #[test]

@@ -556,11 +556,16 @@ impl Plugin {
     }
 
     /// Run under another name than the one it declares (`weir plugin deploy --name`): its tables
-    /// are then published under that name, and its errors and logs say it.
-    pub fn rename(&mut self, name: &str) {
+    /// are then published under that name, and its errors and logs say it. The name is checked
+    /// as a declared one is; a refused one changes nothing.
+    pub fn rename(&mut self, name: &str) -> Result<(), String> {
+        let mut info = self.info.clone();
+        info.name = name.to_string();
+        validate_info(&info)?;
         self.park();
-        self.info.name = name.to_string();
+        self.info = info;
         self.label = self.info.label().into();
+        Ok(())
     }
 
     /// Where its log lines go.
@@ -972,6 +977,14 @@ fn validate_info(info: &PluginInfo) -> Result<(), String> {
     if !is_identifier(&info.name) {
         return Err(format!("plugin name {:?} must be lowercase letters, digits, '_' or '-'", info.name));
     }
+    let longest = weir_core::event::MAX_PLUGIN_NAME;
+    if info.name.len() > longest {
+        return Err(format!(
+            "plugin name {:?}... is {} bytes long; the limit is {longest}",
+            &info.name[..32],
+            info.name.len()
+        ));
+    }
     if info.topics.is_empty() {
         return Err("it subscribes to no topic".into());
     }
@@ -996,6 +1009,9 @@ fn validate_info(info: &PluginInfo) -> Result<(), String> {
             let t = &table.name;
             if !is_identifier(t) || t.contains('-') {
                 return Err(format!("table name {t:?} must be lowercase letters, digits or '_'"));
+            }
+            if t.len() > longest {
+                return Err(format!("table name {:?}... is {} bytes long; the limit is {longest}", &t[..32], t.len()));
             }
             if !seen.insert(t) {
                 return Err(format!("table {t} is declared twice"));

@@ -112,8 +112,8 @@ pub(crate) struct Applied {
     pub(crate) changed: bool,
     /// Write a checkpoint as soon as possible.
     pub(crate) checkpoint: bool,
-    /// Events to write (what replayed dead letters emitted).
-    pub(crate) emitted: Vec<Event>,
+    /// Records to write (what replayed dead letters emitted).
+    pub(crate) outgoing: Vec<crate::output::Outgoing>,
 }
 
 /// What the admin side shares with the ingest loop.
@@ -191,7 +191,7 @@ impl Ingest {
                 AdminRequest::Pause(name, reply) => (self.pause(&name), reply),
                 AdminRequest::Resume(name, reply) => (self.resume(&name), reply),
                 AdminRequest::Remove(name, reply) => (self.remove(&name), reply),
-                AdminRequest::Replay(name, reply) => (self.replay(&name, &mut applied.emitted), reply),
+                AdminRequest::Replay(name, reply) => (self.replay(&name, &mut applied.outgoing), reply),
                 AdminRequest::Purge(name, reply) => (self.purge(&name), reply),
             };
             match &mut result {
@@ -510,12 +510,12 @@ impl Ingest {
     /// `weir dlq replay`: each open dead letter runs through the current version, in order;
     /// those that succeed are resolved (recorded with their effects in the next checkpoint),
     /// the others stay.
-    fn replay(&mut self, name: &str, emitted: &mut Vec<Event>) -> Result<AdminOutcome, AdminError> {
+    fn replay(&mut self, name: &str, outgoing: &mut Vec<crate::output::Outgoing>) -> Result<AdminOutcome, AdminError> {
         let open = self.open_dead_letters(name)?;
         let (places, originals): (Vec<(u32, u64)>, Vec<Event>) =
             open.iter().filter_map(|(p, o, dead)| Some(((*p, *o), original_of(dead)?))).unzip();
         let (done, out) = self.pipeline.redrive(name, &originals);
-        emitted.extend(out);
+        outgoing.extend(out);
         let succeeded: Vec<(u32, u64)> = places.iter().zip(&done).filter(|(_, ok)| **ok).map(|(p, _)| *p).collect();
         if let Some(book) = self.pipeline.dead_letters_mut(name) {
             book.resolved.extend(succeeded.iter().copied());

@@ -51,6 +51,11 @@ const MAX_PRODUCE_BYTES: usize = 256 << 20;
 /// The largest component `POST /v1/plugins` accepts.
 const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
+/// How much of a refused request's body is read (and thrown away) before the answer, and for
+/// how long at most.
+const REFUSED_BODY_READ: usize = 1 << 20;
+const REFUSED_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest an admin request waits for the ingest loop to take it.
 const ADMIN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -71,6 +76,55 @@ pub struct ApiState {
     pub reads_need_token: bool,
     /// The plugin lifecycle (absent: the admin routes answer 503).
     pub admin: Option<AdminApi>,
+    /// The names requests may be addressed to (the `Host` header).
+    pub hosts: AllowedHosts,
+}
+
+/// The names the API answers requests addressed to (the `Host` header, port aside). A page on
+/// `evil.example` whose name an attacker re-points at 127.0.0.1 (DNS rebinding) reaches a
+/// loopback listener from the victim's browser as same-origin, but its requests still say
+/// `Host: evil.example`: a listener on loopback answers only loopback names (`localhost`,
+/// `127.x.x.x`, `[::1]`) and those in `[server] allowed_hosts`; one bound beyond loopback, where
+/// every request needs the token, answers any name unless `allowed_hosts` lists them.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedHosts {
+    /// Names besides the loopback ones, lower case, without port.
+    names: Vec<String>,
+    /// Any name is answered.
+    any: bool,
+}
+
+impl AllowedHosts {
+    /// For a listener bound to `bound`, with `configured` names (`[server] allowed_hosts`).
+    pub fn new(bound: SocketAddr, configured: &[String]) -> Self {
+        AllowedHosts {
+            names: configured.iter().map(|n| n.to_ascii_lowercase()).collect(),
+            any: !bound.ip().is_loopback() && configured.is_empty(),
+        }
+    }
+
+    /// Loopback names only (a listener on loopback without `allowed_hosts`).
+    pub fn loopback() -> Self {
+        AllowedHosts::default()
+    }
+
+    /// Whether a request with this `Host` header is answered (none: HTTP/1.0, answered).
+    pub fn allows(&self, host: Option<&str>) -> bool {
+        let Some(host) = host else { return true };
+        if self.any {
+            return true;
+        }
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => match host.rsplit_once(':') {
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+                _ => host,
+            },
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let loopback = name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        loopback || self.names.iter().any(|n| *n == name)
+    }
 }
 
 /// What the admin routes need: a runtime to load components with, the registry, the way to the
@@ -156,25 +210,117 @@ fn changes_something(method: &Method, path: &str) -> bool {
     !reads && path != "/v1/sql"
 }
 
-/// The token and origin checks, before any route runs.
+/// The dashboard's own page and assets: the only routes a page of another origin may load.
+fn is_dashboard(path: &str) -> bool {
+    path == "/" || path.starts_with("/dashboard/")
+}
+
+/// The content types a route reads its body as. A browser sends three types across origins
+/// without asking first (`text/plain`, form encoding, multipart); none of them is accepted, so
+/// a page elsewhere cannot make a body that any route reads.
+fn accepted_bodies(method: &Method, path: &str) -> &'static [&'static str] {
+    if *method != Method::POST {
+        return &[];
+    }
+    if path == "/v1/sql" {
+        &["application/json"]
+    } else if path == "/v1/plugins" {
+        &["application/wasm", "application/octet-stream"]
+    } else if path.starts_with("/v1/topics/") {
+        &["application/json", "application/x-ndjson", "application/jsonl", "application/cloudevents+json"]
+    } else {
+        &[]
+    }
+}
+
+/// Why a request's body is refused (its content type is not one the route reads), if it is.
+fn body_refusal(method: &Method, path: &str, headers: &HeaderMap) -> Option<(StatusCode, String)> {
+    let accepted = accepted_bodies(method, path);
+    let declared = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
+    let has_body = headers.get(header::TRANSFER_ENCODING).is_some()
+        || headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|n| n.trim() != "0");
+    if accepted.is_empty() {
+        return has_body.then(|| {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("{method} {path} takes no body; send none; nothing changed"))
+        });
+    }
+    let essence = declared.map(|d| d.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    if essence.as_deref().is_some_and(|e| accepted.contains(&e)) {
+        return None;
+    }
+    Some((
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!(
+            "{method} {path} reads a body of type {} (the header `Content-Type`), not {}; nothing changed",
+            accepted.join(" or "),
+            declared.map_or("a body without one".to_string(), |d| format!("{d:?}")),
+        ),
+    ))
+}
+
+/// The host, origin, body type and token checks, before any route runs.
 async fn guard(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
     let mutating = changes_something(&method, &path);
     let headers = request.headers();
-    if mutating && let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    // A refused request's body is read only as far as [`REFUSED_BODY_READ`] (a client still
+    // sending would otherwise see the connection reset instead of the answer), never buffered
+    // whole, and the connection is closed after the answer.
+    let refuse = |status: StatusCode, message: String| {
+        let mut response = ApiError::new(status, message).into_response();
+        response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        response
+    };
+    let drain = |request: Request| async move {
+        let body = request.into_body().into_data_stream();
+        let mut read = 0usize;
+        let _ = tokio::time::timeout(REFUSED_BODY_WAIT, async {
+            futures::pin_mut!(body);
+            while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+                read += chunk.len();
+                if read >= REFUSED_BODY_READ {
+                    break;
+                }
+            }
+        })
+        .await;
+    };
+    let host = headers.get(header::HOST).map(|h| h.to_str().unwrap_or("(not text)"));
+    if !state.hosts.allows(host) {
+        let response = refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "{method} {path} was addressed to {:?}, a name this host does not answer to; add it to [server] allowed_hosts if it is yours",
+                host.unwrap_or_default()
+            ),
+        );
+        drain(request).await;
+        return response;
+    }
+    if !is_dashboard(&path)
+        && let Some(origin) = headers.get(header::ORIGIN)
+    {
+        let host = host.unwrap_or("");
         let own = [format!("http://{host}"), format!("https://{host}")];
         let origin = origin.to_str().unwrap_or("");
         if !own.iter().any(|o| o == origin) {
-            let message = format!(
-                "{method} {path} from a page of {origin}: requests from another origin may not change anything; nothing changed"
+            let response = refuse(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{method} {path} from a page of {origin}: this API answers only its own dashboard's pages; nothing changed"
+                ),
             );
-            let _ = axum::body::to_bytes(request.into_body(), MAX_COMPONENT_BYTES.max(MAX_PRODUCE_BYTES)).await;
-            return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
+            drain(request).await;
+            return response;
         }
     }
-    let open = path == "/healthz" || path == "/" || path.starts_with("/dashboard/");
+    if let Some((status, message)) = body_refusal(&method, &path, headers) {
+        let response = refuse(status, message);
+        drain(request).await;
+        return response;
+    }
+    let open = path == "/healthz" || is_dashboard(&path);
     if let Some(token) = &state.token
         && !open
         && (mutating || state.reads_need_token)
@@ -191,15 +337,14 @@ async fn guard(State(state): State<Arc<ApiState>>, request: Request, next: Next)
             Some(_) => None,
         };
         if let Some(why) = refusal {
-            // Read the body first: a client still sending it would otherwise see the connection
-            // cut instead of the answer.
-            let _ = axum::body::to_bytes(request.into_body(), MAX_COMPONENT_BYTES.max(MAX_PRODUCE_BYTES)).await;
-            let mut response = ApiError::new(
+            let mut response = refuse(
                 StatusCode::UNAUTHORIZED,
-                format!("{method} {path} {why} (the host logs where its token file is; `weir` finds it on this machine); nothing changed"),
-            )
-            .into_response();
+                format!(
+                    "{method} {path} {why} (the host logs where its token file is; `weir` finds it on this machine); nothing changed"
+                ),
+            );
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            drain(request).await;
             return response;
         }
     }
@@ -326,7 +471,9 @@ async fn load_component(
         if let Some(name) = name
             && name != plugin.info().name
         {
-            plugin.rename(&name);
+            plugin
+                .rename(&name)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("name={name:?}: {e}; nothing changed")))?;
         }
         Ok((plugin, hash))
     })
@@ -668,6 +815,14 @@ async fn produce(
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let bad = |message: String| ApiError { status: StatusCode::BAD_REQUEST, message };
+    if topic.starts_with(weir_core::event::HOST_TOPIC_PREFIX) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{topic}: topics under `weir.` are the host's own (ticks, journals, dead letters); nothing was written"
+            ),
+        ));
+    }
     let sink = state.sink.clone().ok_or_else(|| ApiError {
         status: StatusCode::SERVICE_UNAVAILABLE,
         message: "this host has no event sink to write to".into(),
@@ -679,6 +834,15 @@ async fn produce(
             parse_events(&topic, &body, &options).map_err(|e| bad(format!("{topic}: {e}; nothing was written")))?;
         if events.is_empty() {
             return Err(bad(format!("{topic}: the body holds no events")));
+        }
+        for (n, event) in events.iter().enumerate() {
+            if let Some((name, _)) = event.headers.iter().find(|(h, _)| h.starts_with(weir_core::event::HOST_HEADER_PREFIX)) {
+                return Err(bad(format!(
+                    "{topic}: event {} of the body (id {:?}) has header {name:?}: headers starting with `weir-` are the host's own; nothing was written",
+                    n + 1,
+                    event.id
+                )));
+            }
         }
         let count = events.len();
         Ok((count, sink.append(&topic, events)))
@@ -711,7 +875,7 @@ async fn sql(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    // Any content type is accepted (`curl -d` sends form encoding): the body is read as JSON.
+    // The guard let only `application/json` through.
     let request: SqlRequest = serde_json::from_slice(&body).map_err(|e| ApiError {
         status: StatusCode::BAD_REQUEST,
         message: format!("the body must be JSON like {{\"sql\": \"SELECT ...\"}}: {e}"),

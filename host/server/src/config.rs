@@ -115,6 +115,10 @@ pub struct ServerConfig {
     /// The admin token (at least 16 characters). Absent: generated into `<data_dir>/token`.
     /// Env: `WEIR_TOKEN`.
     pub token: Option<String>,
+    /// Names the HTTP API answers to besides the loopback ones (`localhost`, `127.0.0.1`,
+    /// `[::1]`), without port: a request addressed to any other name is refused (421), which
+    /// stops DNS rebinding. Empty on a listener bound beyond loopback: any name.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -131,6 +135,7 @@ impl Default for ServerConfig {
             pg: Some(SocketAddr::from(([127, 0, 0, 1], 5433))),
             flight: Some(SocketAddr::from(([127, 0, 0, 1], 8815))),
             token: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::admin::Lifecycle;
 use crate::checkpoint::{self, CheckpointConfig, CheckpointError, CheckpointStore, WriteStats};
-use crate::output::{self, AlreadyWritten};
+use crate::output::{self, AlreadyWritten, Outgoing, Unwritten};
 use crate::pipeline::Pipeline;
 use crate::status::{CheckpointStatus, Lag, StatusBoard};
 use weir_core::event::{Event, PositionMap};
@@ -75,8 +75,9 @@ struct Writing {
 
 /// What the loop carries from one turn to the next.
 struct Turn {
-    /// Events handlers emitted that are not written yet; nothing is polled until they are.
-    pending: Vec<Event>,
+    /// What the host made to write for its plugins and has not written yet (emitted events,
+    /// journal records, dead letters, ticks); nothing is polled until it is written.
+    pending: Unwritten,
     events_read: u64,
     /// Plugins' start positions are found and checkpointed.
     starts_resolved: bool,
@@ -107,7 +108,7 @@ impl Turn {
     fn new() -> Self {
         let now = Instant::now();
         Turn {
-            pending: Vec::new(),
+            pending: Unwritten::default(),
             events_read: 0,
             starts_resolved: false,
             starts_unsaved: false,
@@ -141,16 +142,21 @@ impl Turn {
     }
 }
 
-/// `events` grouped by destination topic, topics in order of first appearance.
-fn by_topic(events: Vec<Event>) -> Vec<(String, Vec<Event>)> {
-    let mut groups: Vec<(String, Vec<Event>)> = Vec::new();
-    for event in events {
-        match groups.iter_mut().find(|(t, _)| *t == event.position.topic) {
-            Some((_, list)) => list.push(event),
-            None => groups.push((event.position.topic.clone(), vec![event])),
+/// `records` grouped by destination topic, topics in order of first appearance.
+fn by_topic(records: Vec<Outgoing>) -> Vec<(String, Vec<Outgoing>)> {
+    let mut groups: Vec<(String, Vec<Outgoing>)> = Vec::new();
+    for record in records {
+        match groups.iter_mut().find(|(t, _)| t == record.topic()) {
+            Some((_, list)) => list.push(record),
+            None => groups.push((record.topic().to_string(), vec![record])),
         }
     }
     groups
+}
+
+/// The events of records of one topic, to append.
+fn events_of(records: &[Outgoing]) -> Vec<Event> {
+    records.iter().map(|r| r.event().clone()).collect()
 }
 
 /// First and longest wait before retrying the source or the sink.
@@ -226,7 +232,7 @@ impl Ingest {
                 continue;
             }
             let applied = self.handle_admin();
-            turn.pending.extend(applied.emitted);
+            turn.pending.add(applied.outgoing);
             if applied.changed {
                 turn.dirty = true;
                 turn.unsaved = true;
@@ -237,7 +243,7 @@ impl Ingest {
             self.poll_and_process(&mut turn);
             self.catch_up(&mut turn);
             if self.written.active() {
-                self.written.drop_written(&mut turn.pending);
+                turn.pending.drop_written(&mut self.written);
                 let pipeline = &self.pipeline;
                 self.written.settle(|name| pipeline.positions_of(name));
             }
@@ -355,7 +361,7 @@ impl Ingest {
         turn.last_tick = Some(Instant::now());
         let now_us =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
-        turn.pending.push(Event {
+        turn.pending.add([Outgoing::Tick(Event {
             id: format!("tick-{now_us}"),
             event_type: "weir.tick".into(),
             payload: b"{}".to_vec(),
@@ -363,7 +369,7 @@ impl Ingest {
             time_us: now_us,
             position: weir_core::event::Position { topic: weir_runtime::TICKS_TOPIC.into(), partition: 0, offset: 0 },
             ..Event::default()
-        });
+        })]);
     }
 
     /// Each handler re-processes the batches its journal records after `marks` (the restored
@@ -380,24 +386,20 @@ impl Ingest {
                     let Some(last) = records.last() else { break };
                     offset = last.position.offset + 1;
                     for record in records {
-                        let runs = output::journal_runs(&record).map_err(SourceError::Invalid)?;
-                        let mut events = Vec::new();
-                        for (topic, partition, first, last) in runs {
-                            let mut next = first;
-                            while next <= last {
-                                let read = self.sink.read(&topic, partition, next, 1 << 20)?;
-                                let Some(end) = read.last().map(|e| e.position.offset) else {
-                                    return Err(SourceError::Invalid(format!(
-                                        "the journal of {name} names {topic}/{partition}@{next}, which is not in the log"
-                                    )));
-                                };
-                                events.extend(read.into_iter().filter(|e| e.position.offset <= last));
-                                next = end + 1;
+                        // A record the host did not write (another writer on the topic, a
+                        // damaged one) is reported and skipped: it must not keep the host from
+                        // starting, and re-processing what it names would emit what never was.
+                        let events = match self.journaled_events(&name, &record) {
+                            Ok(events) => events,
+                            Err(SourceError::Invalid(why)) => {
+                                tracing::error!(plugin = %name, record = %record.position, "a journal record is not valid and is skipped: {why}");
+                                continue;
                             }
-                        }
+                            Err(e) => return Err(e),
+                        };
                         let mut outcome = self.pipeline.replay(&name, &events);
-                        self.written.drop_written(&mut outcome.emitted);
-                        turn.pending.extend(outcome.emitted);
+                        self.written.drop_written(&mut outcome.outgoing);
+                        turn.pending.add(outcome.outgoing);
                         batches += 1;
                     }
                 }
@@ -414,7 +416,8 @@ impl Ingest {
     /// Write the events handlers emitted; returns whether none is left unwritten.
     fn write_pending(&mut self, turn: &mut Turn) -> bool {
         if !turn.pending.is_empty() {
-            turn.pending = self.write_emitted(std::mem::take(&mut turn.pending));
+            let left = self.write_emitted(turn.pending.take());
+            turn.pending.put_back(left);
         }
         turn.pending.is_empty()
     }
@@ -444,7 +447,8 @@ impl Ingest {
                 turn.events_read += events.len() as u64;
                 let span = tracing::debug_span!("batch", events = events.len());
                 let _entered = span.enter();
-                turn.pending = self.pipeline.process(&events).emitted;
+                // Added to what waits (a tick, a replay's output), never in its place.
+                turn.pending.add(self.pipeline.process(&events).outgoing);
                 turn.dirty = true;
                 turn.unsaved = true;
             }
@@ -465,7 +469,7 @@ impl Ingest {
             turn.dirty = true;
             turn.unsaved = true;
         }
-        turn.pending.extend(result.outcome.emitted);
+        turn.pending.add(result.outcome.outgoing);
         for (topics, positions) in &result.joined {
             if let Err(e) = self.source.add_topics(topics, positions) {
                 tracing::error!(error = %e, ?topics, "the shared feed cannot add these topics");
@@ -660,58 +664,91 @@ impl Ingest {
         }
     }
 
-    /// Write handlers' events, grouped by topic, journal records first (a handler's output is
-    /// visible only once the order it processed its input in is durable); returns those not
-    /// written.
-    fn write_emitted(&self, events: Vec<Event>) -> Vec<Event> {
-        let (journal, events): (Vec<Event>, Vec<Event>) =
-            events.into_iter().partition(|e| output::is_journal(&e.position.topic));
+    /// The events journal record `record` of handler `name` names, read from the log; `Invalid`
+    /// when it is not a record the host wrote for `name` (its type, key, runs, topics the handler
+    /// reads, positions that are in the log).
+    fn journaled_events(&self, name: &str, record: &Event) -> Result<Vec<Event>, SourceError> {
+        if record.event_type != "weir.journal" || record.key.as_deref() != Some(name) {
+            return Err(SourceError::Invalid(format!(
+                "type {:?} and key {:?}, not a journal record of {name}",
+                record.event_type, record.key
+            )));
+        }
+        let reads = self.pipeline.plugin(name).map(|p| p.info().topics.clone()).unwrap_or_default();
+        let mut events = Vec::new();
+        for (topic, partition, first, last) in output::journal_runs(record).map_err(SourceError::Invalid)? {
+            if !reads.contains(&topic) || first > last {
+                return Err(SourceError::Invalid(format!("{name} does not read {topic}/{partition}@{first}..={last}")));
+            }
+            let mut next = first;
+            while next <= last {
+                let read = self.sink.read(&topic, partition, next, 1 << 20)?;
+                let Some(end) = read.last().map(|e| e.position.offset) else {
+                    return Err(SourceError::Invalid(format!(
+                        "it names {topic}/{partition}@{next}, which is not in the log"
+                    )));
+                };
+                events.extend(read.into_iter().filter(|e| e.position.offset <= last));
+                next = end + 1;
+            }
+        }
+        Ok(events)
+    }
+
+    /// Write what waits, grouped by topic, journal records first (a handler's output is visible
+    /// only once the order it processed its input in is durable); returns what was not written.
+    fn write_emitted(&self, records: Vec<Outgoing>) -> Vec<Outgoing> {
+        let (journal, rest): (Vec<Outgoing>, Vec<Outgoing>) =
+            records.into_iter().partition(|r| matches!(r, Outgoing::Journal(_)));
         // Usually in one append: journal records written first, all synced together.
-        let mut batches = by_topic(journal.clone());
-        batches.extend(by_topic(events.clone()));
+        let batches: Vec<(String, Vec<Event>)> = by_topic(journal.clone())
+            .into_iter()
+            .chain(by_topic(rest.clone()))
+            .map(|(topic, records)| (topic, events_of(&records)))
+            .collect();
         match self.sink.append_all(batches) {
             Ok(_) => return Vec::new(),
             // Some event is refused: topic by topic, to find it.
             Err(SourceError::Invalid(_) | SourceError::TooLarge(_)) => {}
             Err(e) => {
-                tracing::warn!(error = %e, events = journal.len() + events.len(), "writing emitted events failed; retrying");
-                return journal.into_iter().chain(events).collect();
+                tracing::warn!(error = %e, records = journal.len() + rest.len(), "writing emitted events failed; retrying");
+                return journal.into_iter().chain(rest).collect();
             }
         }
         if !journal.is_empty() {
             let left = self.write_topics(journal);
             if !left.is_empty() {
-                return left.into_iter().chain(events).collect();
+                return left.into_iter().chain(rest).collect();
             }
         }
-        self.write_topics(events)
+        self.write_topics(rest)
     }
 
-    fn write_topics(&self, events: Vec<Event>) -> Vec<Event> {
+    fn write_topics(&self, records: Vec<Outgoing>) -> Vec<Outgoing> {
         let mut left = Vec::new();
-        for (topic, list) in by_topic(events) {
+        for (topic, list) in by_topic(records) {
             if !left.is_empty() {
                 left.extend(list);
                 continue;
             }
-            match self.sink.append(&topic, list.clone()) {
+            match self.sink.append(&topic, events_of(&list)) {
                 Ok(_) => {}
                 // Checked before the plugin's state was kept, so this is not expected; retrying
-                // would stall every plugin for ever, so the refused events are reported and
+                // would stall every plugin for ever, so the refused records are reported and
                 // dropped one by one.
                 Err(SourceError::Invalid(_) | SourceError::TooLarge(_)) => {
-                    for event in list {
-                        if let Err(e) = self.sink.append(&topic, vec![event.clone()]) {
+                    for record in list {
+                        if let Err(e) = self.sink.append(&topic, vec![record.event().clone()]) {
                             if matches!(e, SourceError::Invalid(_) | SourceError::TooLarge(_)) {
-                                tracing::error!(error = %e, topic, id = %event.id, "the sink refuses an emitted event; it is dropped");
+                                tracing::error!(error = %e, topic, id = %record.event().id, "the sink refuses a record; it is dropped");
                             } else {
-                                left.push(event);
+                                left.push(record);
                             }
                         }
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, topic, events = list.len(), "writing emitted events failed; retrying");
+                    tracing::warn!(error = %e, topic, records = list.len(), "writing emitted events failed; retrying");
                     left.extend(list);
                 }
             }

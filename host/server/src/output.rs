@@ -36,17 +36,90 @@ pub const DLQ_OFFSET: &str = "weir-dlq-offset";
 pub const DLQ_ATTEMPTS: &str = "weir-dlq-attempts";
 pub const DLQ_ID: &str = "weir-dlq-id";
 
+/// One record the host writes for its plugins. Each kind has its own topics, its own order and
+/// its own reason to be read back, so the kinds never share a list told apart by topic names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// An event a handler emitted, to a topic of its `emits_to`.
+    Emitted(Event),
+    /// The journal record of a batch a handler processed (`weir.journal.<handler>`): written
+    /// before anything that batch emitted.
+    Journal(Event),
+    /// An event a plugin failed on, on its dead-letter topic (`weir.dlq.<plugin>`).
+    DeadLetter(Event),
+    /// A tick of the host's processing time, on `weir.ticks`.
+    Tick(Event),
+}
+
+impl Outgoing {
+    /// The record as it is written (`position.topic` is where).
+    pub fn event(&self) -> &Event {
+        match self {
+            Outgoing::Emitted(e) | Outgoing::Journal(e) | Outgoing::DeadLetter(e) | Outgoing::Tick(e) => e,
+        }
+    }
+
+    /// The record as it is written.
+    pub fn into_event(self) -> Event {
+        match self {
+            Outgoing::Emitted(e) | Outgoing::Journal(e) | Outgoing::DeadLetter(e) | Outgoing::Tick(e) => e,
+        }
+    }
+
+    /// Where it goes.
+    pub fn topic(&self) -> &str {
+        &self.event().position.topic
+    }
+}
+
+/// What the host made to write and has not written yet, in the order it was made. Records are
+/// only ever added (a turn's new output never replaces what an earlier step queued) and leave
+/// only when written: [`Unwritten::take`] hands them to the writer, which puts back what it
+/// could not write with [`Unwritten::put_back`].
+#[derive(Debug, Default)]
+pub struct Unwritten {
+    records: Vec<Outgoing>,
+}
+
+impl Unwritten {
+    /// Queue `records` after those already waiting.
+    pub fn add(&mut self, records: impl IntoIterator<Item = Outgoing>) {
+        self.records.extend(records);
+    }
+
+    /// How many records wait.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Everything waiting, to be written.
+    pub fn take(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.records)
+    }
+
+    /// Records a write left unwritten: they go back ahead of anything queued since.
+    pub fn put_back(&mut self, mut left: Vec<Outgoing>) {
+        left.append(&mut self.records);
+        self.records = left;
+    }
+
+    /// Drop what the previous process wrote already.
+    pub fn drop_written(&mut self, written: &mut AlreadyWritten) {
+        written.drop_written(&mut self.records);
+    }
+}
+
 /// Bytes read per call when reading back what the host wrote.
 const READ_BYTES: usize = 1 << 20;
 
 /// The journal topic of handler `name`: the order in which it processed its input.
 pub fn journal_topic(name: &str) -> String {
     format!("weir.journal.{name}")
-}
-
-/// Whether events of `topic` are journal records.
-pub fn is_journal(topic: &str) -> bool {
-    topic.starts_with("weir.journal.")
 }
 
 /// One run of a journaled batch: events of `topic`/`partition` from `first` to `last`, both
@@ -104,7 +177,11 @@ pub fn dead_letter_topic(name: &str) -> String {
 pub fn emitted_event(name: &str, cause: &Event, n: usize, out: OutgoingEvent) -> Event {
     let mut headers = out.headers;
     headers.push((EMITTER.to_string(), name.as_bytes().to_vec()));
-    let id = if cause.headers.iter().any(|(h, _)| h == weir_runtime::TIMER_HEADER) {
+    // A timer's event is made by the runtime at a tick (its position is the tick's); a header of
+    // that name on an event from anywhere else is not one.
+    let fired = cause.position.topic == weir_runtime::TICKS_TOPIC
+        && cause.headers.iter().any(|(h, _)| h == weir_runtime::TIMER_HEADER);
+    let id = if fired {
         headers.push((CAUSE.to_string(), cause.position.to_string().into_bytes()));
         format!("{name}/{}/{n}", cause.id)
     } else {
@@ -129,6 +206,9 @@ pub fn emitted_event(name: &str, cause: &Event, n: usize, out: OutgoingEvent) ->
 /// `position.topic` is the dead-letter topic.
 pub fn dead_letter(name: &str, event: &Event, error: &EventError) -> Event {
     let mut dead = event.clone();
+    // The host's own headers on the event (from another weir, or forged upstream) would be read
+    // before the ones below.
+    dead.headers.retain(|(n, _)| n != EMITTER && !n.starts_with("weir-dlq-"));
     dead.id = format!("{name}/{}/dead", event.position);
     let text = |s: &str| s.as_bytes().to_vec();
     dead.headers.extend([
@@ -397,14 +477,15 @@ impl AlreadyWritten {
         now
     }
 
-    /// Remove from `events` those written already.
-    pub fn drop_written(&mut self, events: &mut Vec<Event>) {
+    /// Remove from `records` those written already (journal records and ticks are never found:
+    /// they carry no [`EMITTER`]).
+    pub fn drop_written(&mut self, records: &mut Vec<Outgoing>) {
         if self.ids.is_empty() {
             return;
         }
-        let before = events.len();
-        events.retain(|e| !self.ids.remove(&e.id));
-        self.dropped += (before - events.len()) as u64;
+        let before = records.len();
+        records.retain(|r| !self.ids.remove(&r.event().id));
+        self.dropped += (before - records.len()) as u64;
     }
 
     /// Forget what plugins past their last cause can no longer emit again; `positions` gives a

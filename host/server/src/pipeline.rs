@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::output::{
-    DeadLetterBook, JournalRun, OnError, dead_letter, dead_letter_topic, emitted_event, journal_record, journal_topic,
+    DeadLetterBook, JournalRun, OnError, Outgoing, dead_letter, dead_letter_topic, emitted_event, journal_record,
+    journal_topic,
 };
 use crate::status::{PluginState, PluginStatus, RebuildStatus};
 
@@ -214,7 +215,7 @@ impl Slot {
         // A handler's batches are journaled (before what they emit is written), so that after a
         // crash it re-processes them in the same order and emits the same events again.
         if self.model.is_none() && self.journal && !self.replaying {
-            outcome.emitted.push(journal_record(&info.name, &journal_runs(&wanted)));
+            outcome.outgoing.push(Outgoing::Journal(journal_record(&info.name, &journal_runs(&wanted))));
         }
         let mut failures = Vec::new();
         let processed;
@@ -276,7 +277,7 @@ impl Slot {
                 let name = info.name.clone();
                 let finish = |cause: &Event, n: usize, out| emit_checked(&name, sink, cause, n, out);
                 let results = if wanted.iter().any(is_tick) {
-                    handle_with_ticks(&mut self.plugin, &wanted, &finish, &mut outcome.emitted, &mut failures)
+                    handle_with_ticks(&mut self.plugin, &wanted, &finish, &mut outcome.outgoing, &mut failures)
                 } else {
                     self.plugin.handle(&wanted, &finish)
                 };
@@ -288,7 +289,7 @@ impl Slot {
                             if self.meter.on {
                                 produced.push(emitted.len() as u64);
                             }
-                            outcome.emitted.extend(emitted);
+                            outcome.outgoing.extend(emitted.into_iter().map(Outgoing::Emitted));
                         }
                         Err(e) => {
                             if self.meter.on {
@@ -321,7 +322,7 @@ impl Slot {
             self.failed += 1;
             tracing::warn!(%failure, "event failed; sent to the dead-letter topic");
             self.dead_lettered += 1;
-            outcome.emitted.push(dead_letter_within(self.name(), event, failure, sink));
+            outcome.outgoing.push(Outgoing::DeadLetter(dead_letter_within(self.name(), event, failure, sink)));
             if self.recent_failures.len() == RECENT_FAILURES {
                 self.recent_failures.pop_front();
             }
@@ -461,9 +462,10 @@ pub struct Pipeline {
 /// What one batch produced beyond the read models.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
-    /// Events handlers emitted, ready to append: `position.topic` is the destination; the
-    /// partition and offset are assigned when written.
-    pub emitted: Vec<Event>,
+    /// What to write for the plugins (emitted events, journal records, dead letters), ready to
+    /// append: `position.topic` is the destination; the partition and offset are assigned when
+    /// written.
+    pub outgoing: Vec<Outgoing>,
     /// Events that failed, per plugin.
     pub failures: Vec<EventError>,
 }
@@ -591,7 +593,7 @@ impl Pipeline {
 
     /// Re-run dead letters (originals, in order) through plugin `name`'s current version, outside
     /// its positions. Returns per event whether it succeeded now, and what it emitted.
-    pub fn redrive(&mut self, name: &str, events: &[Event]) -> (Vec<bool>, Vec<Event>) {
+    pub fn redrive(&mut self, name: &str, events: &[Event]) -> (Vec<bool>, Vec<Outgoing>) {
         let sink = self.sink.clone();
         let Some(slot) = self.slot_mut(name) else { return (vec![false; events.len()], Vec::new()) };
         let mut emitted = Vec::new();
@@ -609,7 +611,7 @@ impl Pipeline {
                     let finish = |cause: &Event, n: usize, out| emit_checked(&label, sink.as_deref(), cause, n, out);
                     match slot.plugin.handle(batch, &finish).pop() {
                         Some(Ok(out)) => {
-                            emitted.extend(out);
+                            emitted.extend(out.into_iter().map(Outgoing::Emitted));
                             true
                         }
                         _ => false,
@@ -980,7 +982,7 @@ impl Pipeline {
                     }
                 });
                 for slot_outcome in outcomes {
-                    outcome.emitted.extend(slot_outcome.emitted);
+                    outcome.outgoing.extend(slot_outcome.outgoing);
                     outcome.failures.extend(slot_outcome.failures);
                 }
             }
@@ -1293,6 +1295,23 @@ fn is_tick(event: &Event) -> bool {
     event.position.topic == weir_runtime::TICKS_TOPIC
 }
 
+/// How far past the host's clock a tick may be: a tick from later than that (written by
+/// something else than this host's ingest loop) would fire every timer and move handlers'
+/// clocks ahead for ever.
+const TICK_AHEAD_US: i64 = 60_000_000;
+
+/// Whether a record of the ticks topic is a tick the host could have written.
+fn check_tick(tick: &Event) -> Result<(), String> {
+    if tick.event_type != "weir.tick" {
+        return Err(format!("its type is {:?}", tick.event_type));
+    }
+    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    if tick.time_us > now_us.saturating_add(TICK_AHEAD_US) {
+        return Err(format!("its time is {} s ahead of the host's clock", (tick.time_us - now_us) / 1_000_000));
+    }
+    Ok(())
+}
+
 /// A handler's batch with ticks in it: the events between ticks in one call each; at each tick,
 /// the timers due fire, one call each. Returns one result per event of `wanted` (a tick's holds
 /// nothing: what its timers emitted goes to `emitted`, their failures to `failures`), fewer when
@@ -1301,16 +1320,22 @@ fn handle_with_ticks(
     plugin: &mut Plugin,
     wanted: &[Event],
     finish: &weir_runtime::Finish<'_>,
-    emitted: &mut Vec<Event>,
+    outgoing: &mut Vec<Outgoing>,
     failures: &mut Vec<(Event, EventError)>,
 ) -> Vec<Result<Vec<Event>, EventError>> {
     let mut results = Vec::with_capacity(wanted.len());
     let mut start = 0;
     while start < wanted.len() {
         if is_tick(&wanted[start]) {
+            if let Err(why) = check_tick(&wanted[start]) {
+                tracing::warn!(tick = %wanted[start].position, "a record on the ticks topic is not a tick the host wrote and is ignored: {why}");
+                results.push(Ok(Vec::new()));
+                start += 1;
+                continue;
+            }
             for (timer, result) in plugin.fire_timers(&wanted[start], finish) {
                 match result {
-                    Ok(out) => emitted.extend(out),
+                    Ok(out) => outgoing.extend(out.into_iter().map(Outgoing::Emitted)),
                     Err(e) => failures.push((timer, e)),
                 }
             }

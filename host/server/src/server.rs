@@ -42,6 +42,8 @@ pub struct Host {
     /// The token admin requests must carry.
     pub token: AdminToken,
     admin: AdminApi,
+    /// `[server] allowed_hosts`.
+    allowed_hosts: Vec<String>,
     stop: Arc<AtomicBool>,
     ingest: Option<std::thread::JoinHandle<Pipeline>>,
     _lock: std::fs::File,
@@ -160,7 +162,8 @@ impl Host {
             .spawn(move || ingest.run(&thread_stop))
             .context("starting the ingest thread")?;
         let admin = AdminApi { runtime, registry, requests: Arc::new(std::sync::Mutex::new(requests_tx)), logs };
-        Ok(Host { status, sql, sink, log, token, admin, stop, ingest: Some(handle), _lock: lock })
+        let allowed_hosts = config.server.allowed_hosts.clone();
+        Ok(Host { status, sql, sink, log, token, admin, allowed_hosts, stop, ingest: Some(handle), _lock: lock })
     }
 
     /// State for the HTTP API listening on `http`: reads need the token too when it is bound
@@ -173,6 +176,7 @@ impl Host {
             token: Some(self.token.clone()),
             reads_need_token: !http.ip().is_loopback(),
             admin: Some(self.admin.clone()),
+            hosts: crate::api::AllowedHosts::new(http, &self.allowed_hosts),
         })
     }
 
@@ -317,7 +321,9 @@ fn load_plugins(
                 format!("loading plugin {} deploy {} from {}", entry.name, version.deploy, path.display())
             })?;
             if plugin.info().name != entry.name {
-                plugin.rename(&entry.name);
+                plugin
+                    .rename(&entry.name)
+                    .map_err(|e| anyhow::anyhow!("the registry names plugin {:?}: {e}", entry.name))?;
             }
             Ok(plugin)
         };

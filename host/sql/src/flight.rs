@@ -32,7 +32,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::common::{ParamValues, ScalarValue};
-use futures::{Stream, TryStreamExt};
+use futures::{FutureExt, Stream, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -118,34 +118,54 @@ impl Handle {
         let bad = || Status::invalid_argument("not a statement handle this server gave out");
         let len = bytes.get(..4).ok_or_else(bad)?;
         let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let sql = bytes.get(4..4 + len).ok_or_else(bad)?;
+        let sql = bytes.get(4..4usize.saturating_add(len)).ok_or_else(bad)?;
         let sql = String::from_utf8(sql.to_vec()).map_err(|_| bad())?;
         let rest = &bytes[4 + len..];
+        if rest.len() > MAX_PARAMS_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "bound parameters: {} bytes, over the {MAX_PARAMS_BYTES} a statement handle may carry",
+                rest.len()
+            )));
+        }
+        // Checked here, before anything is decoded: arrow-ipc allocates what a message claims.
+        if !rest.is_empty() {
+            crate::ipc::check_stream(rest, 1)
+                .map_err(|e| Status::invalid_argument(format!("bound parameters: {e}")))?;
+        }
         Ok(Handle { sql, params: (!rest.is_empty()).then(|| rest.to_vec()) })
     }
 
     /// The bound parameters, `$1` first.
     fn param_values(&self) -> Result<Option<ParamValues>, Status> {
         let Some(bytes) = &self.params else { return Ok(None) };
-        let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(bytes.as_slice(), None)
-            .map_err(|e| Status::invalid_argument(format!("bound parameters: {e}")))?;
-        let mut values = Vec::new();
-        for batch in reader {
-            let batch = batch.map_err(|e| Status::invalid_argument(format!("bound parameters: {e}")))?;
-            if batch.num_rows() == 0 {
-                continue;
+        let invalid = |e: String| Status::invalid_argument(format!("bound parameters: {e}"));
+        // Checked by `decode`; arrow-ipc still panics on some malformed schemas.
+        let decoded = std::panic::catch_unwind(|| -> Result<Vec<ScalarValue>, String> {
+            let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(bytes.as_slice(), None)
+                .map_err(|e| e.to_string())?;
+            let mut values = Vec::new();
+            for batch in reader {
+                let batch = batch.map_err(|e| e.to_string())?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                for column in batch.columns() {
+                    values.push(ScalarValue::try_from_array(column, 0).map_err(|e| e.to_string())?);
+                }
+                break;
             }
-            for column in batch.columns() {
-                values.push(
-                    ScalarValue::try_from_array(column, 0)
-                        .map_err(|e| Status::invalid_argument(format!("bound parameters: {e}")))?,
-                );
-            }
-            break;
-        }
-        Ok(Some(ParamValues::from(values)))
+            Ok(values)
+        })
+        .map_err(|_| invalid("the Arrow reader failed on them (malformed Arrow IPC)".into()))?;
+        Ok(Some(ParamValues::from(decoded.map_err(invalid)?)))
     }
 }
+
+/// The most bytes of bound parameters a statement handle carries (one row of values).
+const MAX_PARAMS_BYTES: usize = 1 << 20;
+
+/// The most messages a `DoPut` of parameters may send (a schema, a row, dictionaries).
+const MAX_PUT_MESSAGES: usize = 64;
 
 /// The gRPC status for each way a query can fail; the message is weir's.
 fn status(error: QueryError) -> Status {
@@ -288,20 +308,49 @@ impl FlightSqlService for WeirFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let handle = Handle::decode(&query.prepared_statement_handle)?;
-        let data = request.into_inner().map_err(|e| FlightError::Tonic(Box::new(e)));
-        let batches: Vec<RecordBatch> =
-            FlightRecordBatchStream::new_from_flight_data(data).try_collect().await.map_err(Status::from)?;
-        let Some(first) = batches.iter().find(|b| b.num_rows() > 0) else {
+        // Each message is checked before the decoder sees it, and the stream is read only as far
+        // as one row of parameters needs: a client cannot make the host hold more.
+        let (mut messages, mut bytes) = (0usize, 0usize);
+        let data =
+            request.into_inner().map_err(|e| FlightError::Tonic(Box::new(e))).and_then(move |data| {
+                messages += 1;
+                bytes = bytes.saturating_add(data.data_header.len() + data.data_body.len());
+                let checked = if messages > MAX_PUT_MESSAGES || bytes > MAX_PARAMS_BYTES {
+                    Err(format!(
+                        "more than {MAX_PUT_MESSAGES} messages or {MAX_PARAMS_BYTES} bytes of parameters; bind one row"
+                    ))
+                } else if data.data_header.is_empty() {
+                    Ok(data)
+                } else {
+                    crate::ipc::check_message(&data.data_header, data.data_body.len(), 1).map(|_| data)
+                };
+                futures::future::ready(checked.map_err(|e| {
+                    FlightError::Tonic(Box::new(Status::invalid_argument(format!("bound parameters: {e}"))))
+                }))
+            });
+        let mut batches = FlightRecordBatchStream::new_from_flight_data(data);
+        let mut first: Option<RecordBatch> = None;
+        loop {
+            let next = std::panic::AssertUnwindSafe(batches.try_next()).catch_unwind().await.map_err(|_| {
+                Status::invalid_argument("bound parameters: the Arrow reader failed on them (malformed Arrow IPC)")
+            })?;
+            let Some(batch) = next.map_err(Status::from)? else { break };
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            if first.is_some() || batch.num_rows() > 1 {
+                return Err(Status::invalid_argument(
+                    "bind one row of parameters: a query runs with one value for each placeholder",
+                ));
+            }
+            first = Some(batch);
+        }
+        let Some(first) = first else {
             return Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(handle.encode().into()) });
         };
-        if batches.iter().map(RecordBatch::num_rows).sum::<usize>() > 1 {
-            return Err(Status::invalid_argument(
-                "bind one row of parameters: a query runs with one value for each placeholder",
-            ));
-        }
         let mut writer =
             datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &first.schema()).map_err(arrow_status)?;
-        writer.write(first).map_err(arrow_status)?;
+        writer.write(&first).map_err(arrow_status)?;
         writer.finish().map_err(arrow_status)?;
         let params = writer.into_inner().map_err(arrow_status)?;
         let bound = Handle { sql: handle.sql, params: Some(params) };
@@ -428,4 +477,186 @@ impl FlightSqlService for WeirFlightSql {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+/// Raw requests to a Flight SQL listener, sent with a real gRPC client: the bytes a fuzzer or a
+/// security test puts in the places a client fills (tickets, statement handles, `DoPut` data,
+/// actions, descriptors). For the host's tests; not part of weir's API.
+#[doc(hidden)]
+pub mod probe {
+    use std::net::SocketAddr;
+
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use arrow_flight::sql::{
+        ActionCreatePreparedStatementRequest, CommandPreparedStatementQuery, ProstMessageExt, TicketStatementQuery,
+    };
+    use arrow_flight::{Action, FlightData, FlightDescriptor, Ticket};
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use futures::TryStreamExt;
+    use prost::Message;
+
+    /// Where [`send`] puts the bytes.
+    pub const PLACES: &[&str] =
+        &["ticket", "statement-handle", "prepared-handle", "put", "action-create", "action-close", "descriptor"];
+
+    /// Send `bytes` to the listener at `addr` in `place` (one of [`PLACES`]) and read the whole
+    /// answer. `Ok`: what came back, in short; `Err`: the status (or transport error) message.
+    pub async fn send(addr: SocketAddr, place: &str, bytes: &[u8]) -> Result<String, String> {
+        let mut client =
+            FlightServiceClient::connect(format!("http://{addr}")).await.map_err(|e| format!("transport: {e}"))?;
+        let status = |e: tonic::Status| format!("{:?}: {}", e.code(), e.message());
+        let get = |ticket: Vec<u8>| Ticket { ticket: ticket.into() };
+        match place {
+            "ticket" | "statement-handle" | "prepared-handle" => {
+                let ticket = match place {
+                    "ticket" => bytes.to_vec(),
+                    "statement-handle" => {
+                        TicketStatementQuery { statement_handle: bytes.to_vec().into() }.as_any().encode_to_vec()
+                    }
+                    _ => CommandPreparedStatementQuery { prepared_statement_handle: bytes.to_vec().into() }
+                        .as_any()
+                        .encode_to_vec(),
+                };
+                let stream = client.do_get(get(ticket)).await.map_err(status)?.into_inner();
+                let data: Vec<FlightData> = stream.try_collect().await.map_err(status)?;
+                Ok(format!("{} messages", data.len()))
+            }
+            "put" => {
+                let handle = super::Handle { sql: "SELECT $1 AS p".into(), params: None }.encode();
+                let command = CommandPreparedStatementQuery { prepared_statement_handle: handle.into() };
+                let mut messages = put_messages(bytes);
+                match messages.first_mut() {
+                    Some(first) => {
+                        first.flight_descriptor = Some(FlightDescriptor::new_cmd(command.as_any().encode_to_vec()))
+                    }
+                    None => messages.push(FlightData {
+                        flight_descriptor: Some(FlightDescriptor::new_cmd(command.as_any().encode_to_vec())),
+                        ..FlightData::default()
+                    }),
+                }
+                let stream = client.do_put(futures::stream::iter(messages)).await.map_err(status)?.into_inner();
+                let results: Vec<_> = stream.try_collect().await.map_err(status)?;
+                Ok(format!("{} results", results.len()))
+            }
+            "action-create" | "action-close" => {
+                let action = match place {
+                    "action-create" => Action {
+                        r#type: "CreatePreparedStatement".into(),
+                        body: ActionCreatePreparedStatementRequest {
+                            query: String::from_utf8_lossy(bytes).into_owned(),
+                            transaction_id: None,
+                        }
+                        .as_any()
+                        .encode_to_vec()
+                        .into(),
+                    },
+                    _ => Action { r#type: "ClosePreparedStatement".into(), body: bytes.to_vec().into() },
+                };
+                let stream = client.do_action(action).await.map_err(status)?.into_inner();
+                let results: Vec<_> = stream.try_collect().await.map_err(status)?;
+                Ok(format!("{} results", results.len()))
+            }
+            "descriptor" => {
+                let info = client.get_flight_info(FlightDescriptor::new_cmd(bytes.to_vec())).await.map_err(status)?;
+                Ok(format!("{} endpoints", info.into_inner().endpoint.len()))
+            }
+            other => Err(format!("no place {other:?}; one of {PLACES:?}")),
+        }
+    }
+
+    /// A statement handle as this server gives them out: the SQL and bound parameters.
+    pub fn handle(sql: &str, params: &[u8]) -> Vec<u8> {
+        super::Handle { sql: sql.into(), params: (!params.is_empty()).then(|| params.to_vec()) }.encode()
+    }
+
+    /// One row of parameters (`$1` = `value`) as an Arrow IPC stream, as a client binds them.
+    pub fn parameters(value: i64) -> Vec<u8> {
+        let schema = std::sync::Arc::new(Schema::new(vec![Field::new("$1", DataType::Int64, false)]));
+        let column = std::sync::Arc::new(Int64Array::from(vec![value]));
+        let Ok(batch) = RecordBatch::try_new(schema.clone(), vec![column]) else { return Vec::new() };
+        let Ok(mut writer) = datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema) else {
+            return Vec::new();
+        };
+        if writer.write(&batch).and_then(|_| writer.finish()).is_err() {
+            return Vec::new();
+        }
+        writer.into_inner().unwrap_or_default()
+    }
+
+    /// [`parameters`] whose record batch claims a body of `claimed` bytes, none of which follow:
+    /// what a hostile client sends to make the reader allocate `claimed` bytes.
+    pub fn hostile_parameters(claimed: i64) -> Vec<u8> {
+        use datafusion::arrow::ipc::{
+            Buffer, FieldNode, MessageBuilder, MessageHeader, MetadataVersion, RecordBatchBuilder,
+        };
+        let mut stream = parameters(1);
+        // Keep the schema message; drop the batch and the end marker.
+        let schema_len = i32::from_le_bytes([stream[4], stream[5], stream[6], stream[7]]) as usize;
+        stream.truncate(8 + schema_len);
+        let mut fbb = flatbuffers::FlatBufferBuilder::new();
+        let nodes = fbb.create_vector(&[FieldNode::new(1, 0)]);
+        let buffers = fbb.create_vector(&[Buffer::new(0, 0), Buffer::new(0, 8)]);
+        let mut batch = RecordBatchBuilder::new(&mut fbb);
+        batch.add_length(1);
+        batch.add_nodes(nodes);
+        batch.add_buffers(buffers);
+        let batch = batch.finish();
+        let mut message = MessageBuilder::new(&mut fbb);
+        message.add_version(MetadataVersion::V5);
+        message.add_header_type(MessageHeader::RecordBatch);
+        message.add_header(batch.as_union_value());
+        message.add_bodyLength(claimed);
+        let message = message.finish();
+        fbb.finish(message, None);
+        let mut header = fbb.finished_data().to_vec();
+        header.resize(header.len().next_multiple_of(8), 0);
+        stream.extend_from_slice(&[0xff; 4]);
+        stream.extend_from_slice(&(header.len() as i32).to_le_bytes());
+        stream.extend_from_slice(&header);
+        stream
+    }
+
+    /// The messages of an IPC stream framed for [`send`]'s `put`: per message, its header's
+    /// length (4 bytes, little endian), the header, its body's length, the body.
+    pub fn put_frames(ipc: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 8 <= ipc.len() {
+            let length = i32::from_le_bytes([ipc[at + 4], ipc[at + 5], ipc[at + 6], ipc[at + 7]]).max(0) as usize;
+            let Some(header) = ipc.get(at + 8..at + 8 + length) else { break };
+            if length == 0 {
+                break;
+            }
+            let body = datafusion::arrow::ipc::root_as_message(header).map_or(0, |m| m.bodyLength().max(0) as usize);
+            let body_bytes = ipc.get(at + 8 + length..).map_or(&[][..], |rest| &rest[..body.min(rest.len())]);
+            for part in [header, body_bytes] {
+                out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                out.extend_from_slice(part);
+            }
+            at += 8 + length + body;
+        }
+        out
+    }
+
+    /// `bytes` framed as [`put_frames`] says, read leniently (a length past the end takes what
+    /// is there), as Flight data messages.
+    fn put_messages(bytes: &[u8]) -> Vec<FlightData> {
+        let mut parts = Vec::new();
+        let mut at = 0;
+        while at + 4 <= bytes.len() {
+            let length = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+            let end = (at + 4).saturating_add(length).min(bytes.len());
+            parts.push(bytes[at + 4..end].to_vec());
+            at = end;
+        }
+        parts
+            .chunks(2)
+            .map(|pair| FlightData {
+                data_header: pair[0].clone().into(),
+                data_body: pair.get(1).cloned().unwrap_or_default().into(),
+                ..FlightData::default()
+            })
+            .collect()
+    }
 }

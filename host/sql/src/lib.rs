@@ -11,6 +11,7 @@
 //! opaque; callers get encoded bytes or text from it).
 
 pub mod flight;
+mod ipc;
 pub mod postgres;
 pub mod query;
 pub mod readmodel;

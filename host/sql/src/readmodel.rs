@@ -855,28 +855,43 @@ fn check_ipc_blocks(file: &mut std::fs::File) -> std::result::Result<usize, Stri
         }
     }
     let mut rows = 0u64;
-    for block in footer.recordBatches().into_iter().flatten() {
-        rows = rows.saturating_add(batch_rows(file, block.offset() as u64, block.metaDataLength() as usize));
+    for block in footer.recordBatches().into_iter().flatten().chain(footer.dictionaries().into_iter().flatten()) {
+        let (offset, length, body) =
+            (block.offset() as u64, block.metaDataLength() as usize, block.bodyLength() as usize);
+        rows = rows.saturating_add(batch_rows(file, offset, length, body, size.saturating_mul(8))?);
     }
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     Ok(rows.min(size.saturating_mul(8)) as usize)
 }
 
-/// The row count in the header of the record batch message at `offset` (`length` bytes of
-/// metadata: the continuation marker, the header's length, the header), or 0 if it cannot be read.
-fn batch_rows(file: &mut std::fs::File, offset: u64, length: usize) -> u64 {
+/// The row count in the header of the batch message at `offset` (`length` bytes of metadata:
+/// the continuation marker, the header's length, the header; then `body` bytes), once the
+/// header passed [`crate::ipc::check_message`] (no compression, at most `max_rows` rows); 0 for a
+/// dictionary batch.
+fn batch_rows(
+    file: &mut std::fs::File,
+    offset: u64,
+    length: usize,
+    body: usize,
+    max_rows: u64,
+) -> std::result::Result<u64, String> {
     use std::io::{Read, Seek, SeekFrom};
+    let at = |why: String| format!("the batch at {offset}: {why}");
     let mut metadata = vec![0u8; length];
-    if length < 8 || file.seek(SeekFrom::Start(offset)).is_err() || file.read_exact(&mut metadata).is_err() {
-        return 0;
+    if length < 8 {
+        return Err(at(format!("{length} bytes of metadata")));
     }
-    let header = &metadata[8..];
+    file.seek(SeekFrom::Start(offset)).and_then(|_| file.read_exact(&mut metadata)).map_err(|e| at(e.to_string()))?;
     let header_len = i32::from_le_bytes([metadata[4], metadata[5], metadata[6], metadata[7]]);
-    let Some(header) = usize::try_from(header_len).ok().and_then(|n| header.get(..n)) else { return 0 };
-    datafusion::arrow::ipc::root_as_message(header)
+    let header = usize::try_from(header_len)
+        .ok()
+        .and_then(|n| metadata[8..].get(..n))
+        .ok_or_else(|| at(format!("a header length of {header_len}")))?;
+    crate::ipc::check_message(header, body, max_rows).map_err(at)?;
+    Ok(datafusion::arrow::ipc::root_as_message(header)
         .ok()
         .and_then(|m| m.header_as_record_batch())
-        .map_or(0, |b| u64::try_from(b.length()).unwrap_or(0))
+        .map_or(0, |b| u64::try_from(b.length()).unwrap_or(0)))
 }
 
 /// Write one table of a snapshot as an Arrow IPC file, synced before returning (the checkpoint

@@ -30,6 +30,7 @@ use weir_host::server::Host;
 use weir_log::{EmbeddedLog, LogConfig};
 
 use crate::support::{Rng, envelope_lines, load, repo, runtime, write_config};
+use weir_sql::flight::probe;
 
 /// A deterministic mutator.
 struct Mutator(Rng);
@@ -363,6 +364,7 @@ fn copy_dir(from: &Path, to: &Path) {
 struct Served {
     http: SocketAddr,
     pg: weir_sql::Listener,
+    flight: weir_sql::Listener,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     runtime: tokio::runtime::Runtime,
     _host: Host,
@@ -388,6 +390,7 @@ impl Served {
             token: None,
             reads_need_token: false,
             admin: full.admin.clone(),
+            hosts: weir_host::api::AllowedHosts::loopback(),
         });
         let (bound, address) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -401,7 +404,9 @@ impl Served {
         ));
         let http = address.recv_timeout(Duration::from_secs(10)).unwrap();
         let pg = runtime.block_on(weir_sql::postgres::start("127.0.0.1:0".parse().unwrap(), host.sql.clone())).unwrap();
-        let served = Served { http, pg, stop: Some(stop), runtime, _host: host, _dir: dir };
+        let flight =
+            runtime.block_on(weir_sql::flight::start("127.0.0.1:0".parse().unwrap(), host.sql.clone())).unwrap();
+        let served = Served { http, pg, flight, stop: Some(stop), runtime, _host: host, _dir: dir };
         let orders = envelope_lines(&OrderStream::take_events(7, 30, 300));
         let answer = exchange_http(served.http, &http_request("POST", "/v1/topics/orders/events", &orders));
         assert!(answer.starts_with(b"HTTP/1.1 2"), "{}", String::from_utf8_lossy(&answer));
@@ -434,6 +439,16 @@ impl Served {
             client.simple_query("SELECT count(*) FROM orders").await.unwrap()
         });
         assert!(!rows.is_empty());
+        let handle = probe::handle("SELECT count(*) AS n FROM orders WHERE amount > $1", &probe::parameters(0));
+        let answer = self.runtime.block_on(probe::send(self.flight.addr(), "prepared-handle", &handle));
+        assert!(answer.is_ok(), "Flight SQL no longer answers: {answer:?}");
+    }
+
+    /// Send `bytes` to the Flight SQL listener in `place` and check no thread panicked.
+    fn probe_flight(&self, place: &str, bytes: &[u8]) -> Result<String, String> {
+        let answer = self.runtime.block_on(probe::send(self.flight.addr(), place, bytes));
+        self.check(answer.as_ref().map_or(b"".as_slice(), |a| a.as_bytes()));
+        answer
     }
 }
 
@@ -615,5 +630,53 @@ fn fuzz_postgres_messages() {
         text.contains("08P01") && text.contains("an invalid Bind message: a parameter's value (2130706432 bytes"),
         "{text}"
     );
+    served.still_answers();
+}
+
+/// Flight SQL (issue 32): tickets, statement handles (the SQL and its bound parameters as Arrow
+/// IPC), `DoPut` parameter data, actions and descriptors, sent with a real gRPC client. An
+/// input's first byte picks the place (one of `probe::PLACES`), the rest is what goes there.
+#[test]
+fn fuzz_flight_requests() {
+    quiet_panics();
+    let served = Served::start();
+    let params = probe::parameters(7);
+    let handle = probe::handle("SELECT order_id, amount FROM orders WHERE amount > $1 LIMIT 3", &params);
+    let place = |name: &str| probe::PLACES.iter().position(|p| *p == name).unwrap() as u8;
+    let with = |name: &str, bytes: &[u8]| [&[place(name)][..], bytes].concat();
+    let seeds = vec![
+        with("ticket", &handle),
+        with("statement-handle", &handle),
+        with("prepared-handle", &handle),
+        with("put", &probe::put_frames(&params)),
+        with("action-create", b"SELECT customer, count(*) FROM orders GROUP BY customer"),
+        with("action-close", &handle),
+        with("descriptor", &handle),
+    ];
+    fuzz("flight", seeds, |input| {
+        let Some((&which, bytes)) = input.split_first() else { return };
+        let _ = served.probe_flight(probe::PLACES[which as usize % probe::PLACES.len()], bytes);
+    });
+    served.still_answers();
+}
+
+/// Issue 32, item 1: a statement handle whose bound parameters claim a body of 2^50 bytes made
+/// arrow-ipc allocate it, and the failed allocation aborted the host. Now each place a client can
+/// put such a stream answers `InvalidArgument` naming the claim, and the host answers on.
+#[test]
+fn a_flight_request_claiming_a_huge_ipc_body_is_refused_and_the_host_answers_on() {
+    quiet_panics();
+    let served = Served::start();
+    let hostile = probe::hostile_parameters(1 << 50);
+    let handle = probe::handle("SELECT $1 AS p", &hostile);
+    for place in ["statement-handle", "prepared-handle"] {
+        let refused = served.probe_flight(place, &handle).expect_err(place);
+        assert!(
+            refused.contains("InvalidArgument") && refused.contains("claims a body of 1125899906842624 bytes"),
+            "{place}: {refused}"
+        );
+    }
+    let refused = served.probe_flight("put", &probe::put_frames(&hostile)).expect_err("put");
+    assert!(refused.contains("InvalidArgument") && refused.contains("bound parameters"), "put: {refused}");
     served.still_answers();
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use weir_log::{EmbeddedLog, LogConfig};
 
-use crate::lifecycle::{assert_exactly_once, deploy, number, produce, serve, succeed, wait_plugin};
+use crate::lifecycle::{Producer, assert_exactly_once, deploy, number, produce, serve, succeed, wait_plugin};
 use crate::support::{WeirProcess, wasm, write_config};
 
 /// Every event of `topic` in the embedded log under `data`, partition by partition.
@@ -340,4 +340,81 @@ fn a_handler_whose_parameters_change_in_the_config_continues_and_does_not_emit_i
         .collect();
     assert_eq!(relayed.len(), 500, "the new version emitted history again");
     assert_eq!(tags.iter().filter(|t| *t == "v2").count(), 200, "{tags:?}");
+}
+
+/// `config` with ticks every `tick_ms`.
+fn with_ticks(config: &std::path::Path, tick_ms: u64) {
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace("batch_size = 256\n", &format!("batch_size = 256\ntick_ms = {tick_ms}\n"));
+    std::fs::write(config, text).unwrap();
+}
+
+/// Issue 32: a tick the loop queued was replaced by the output of the batch processed in the
+/// same turn, so while events arrived without pause timers fired late or never. `alarm` arms a
+/// timer due 1 s later while a producer keeps `events` busy; it must fire on one of the first
+/// two ticks at or after its time.
+#[test]
+fn a_timer_fires_within_two_ticks_of_its_time_while_events_arrive_without_pause() {
+    const TICK_MS: i64 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[("alarm", ""), ("tally", "")], "[log]\npartitions = 1\n");
+    with_ticks(&config, TICK_MS as u64);
+    let weir = serve(&config);
+    let producer = Producer::start(&weir.http, &weir.token, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    let arm = br#"{"type": "Arm", "id": "arm-1", "key": "a", "data": {"after_ms": 1000}}"#;
+    let (code, text) = weir.post("/v1/topics/alarms/events", arm);
+    assert_eq!(code, 200, "{text}");
+    std::thread::sleep(Duration::from_secs(4));
+    let sent = producer.stop();
+    assert!(weir.terminate().success());
+    let data = dir.path().join("data");
+    assert!(read_topic(&data, "events").len() >= sent.min(1), "the producer wrote nothing");
+    let rang = read_topic(&data, "rang");
+    assert_eq!(rang.len(), 1, "the timer fired {} times while {sent} events arrived, not once", rang.len());
+    let due = rang[0].time_us;
+    let cause =
+        weir_host::output::header(&rang[0], weir_host::output::CAUSE).expect("the tick that fired it").to_string();
+    let ticks = read_topic(&data, "weir.ticks");
+    let tick = ticks.iter().find(|t| t.position.to_string() == cause).unwrap_or_else(|| panic!("no tick at {cause}"));
+    let late_ms = (tick.time_us - due) / 1000;
+    assert!(late_ms >= 0, "fired by a tick {late_ms} ms before its time");
+    assert!(late_ms <= 2 * TICK_MS, "fired {late_ms} ms after its time, more than two ticks of {TICK_MS} ms");
+}
+
+/// Issue 32: what a handler's `dlq replay` emitted was replaced by the output of the batch
+/// processed in the same turn. `relay` dead-letters events of type `Big` (their output is over
+/// the sink's record limit); a version without the padding replays them while a producer keeps
+/// `events` busy: every replayed event's output must be written.
+#[test]
+fn a_handlers_dead_letter_replay_writes_every_output_while_events_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let padded = "tag = \"v1\", pad_type = \"Big\", pad_bytes = \"17000000\"";
+    let config = write_config(dir.path(), &[("relay", padded)], "[log]\npartitions = 1\n");
+    let weir = serve(&config);
+    let big: String = (0..20)
+        .map(|i| format!("{{\"type\": \"Big\", \"id\": \"big-{i}\", \"key\": \"b{i}\", \"data\": {{}}}}\n"))
+        .collect();
+    let (code, text) = weir.post("/v1/topics/events/events", big.as_bytes());
+    assert_eq!(code, 200, "{text}");
+    wait_plugin(&weir, "relay", "dead-lettered the 20 big events", |d| d["dead_letters"] == 20);
+    let producer = Producer::start(&weir.http, &weir.token, 0);
+    let outcome = deploy(&weir, "relay", "param=tag%3Dv2");
+    assert_eq!(outcome["action"], "swapped", "{outcome}");
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(200));
+        let replayed = weir.admin("POST", "/v1/plugins/relay/dlq/replay", None);
+        assert!(replayed["message"].as_str().is_some(), "{replayed}");
+    }
+    let sent = producer.stop();
+    wait_plugin(&weir, "relay", "resolved every dead letter", |d| d["dead_letters"] == 0);
+    let status = weir.status();
+    assert_eq!(status["emitted_pending"], 0, "{status:#}");
+    assert!(weir.terminate().success());
+    let relayed = read_topic(&dir.path().join("data"), "relayed");
+    let bigs: BTreeSet<String> =
+        relayed.iter().filter(|e| e.event_type == "Big").map(|e| e.key.clone().unwrap()).collect();
+    let expected: BTreeSet<String> = (0..20).map(|i| format!("b{i}")).collect();
+    assert_eq!(bigs, expected, "replayed dead letters whose output was not written ({sent} events produced meanwhile)");
 }

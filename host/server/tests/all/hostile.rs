@@ -163,6 +163,7 @@ fn files_that_are_not_components_are_refused_at_load() {
 fn every_fixture_has_a_test() {
     // Add the test first, then the fixture's name here.
     const TESTED: &[&str] = &[
+        "alarm",
         "bad-output",
         "huge-deletes",
         "huge-output",

@@ -94,7 +94,11 @@ fn the_embedded_log_keeps_every_acknowledged_event_through_kill_9() {
             let mut acks = Vec::new();
             for chunk in batch.chunks(250) {
                 let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-                let Ok(mut response) = agent.post(&url).header("authorization", &auth).send(&envelope_lines(chunk)[..])
+                let Ok(mut response) = agent
+                    .post(&url)
+                    .header("authorization", &auth)
+                    .header("content-type", "application/x-ndjson")
+                    .send(&envelope_lines(chunk)[..])
                 else {
                     break;
                 };
@@ -481,7 +485,9 @@ fn plugins_on_worker_threads_produce_what_one_thread_produces() {
         let (mut emitted, mut failures) = (Vec::new(), Vec::new());
         for batch in events.chunks(700) {
             let outcome = pipeline.process(batch);
-            emitted.extend(outcome.emitted.into_iter().map(|e| (e.position.topic, e.id, e.payload)));
+            emitted.extend(
+                outcome.outgoing.into_iter().map(|r| r.into_event()).map(|e| (e.position.topic, e.id, e.payload)),
+            );
             failures.extend(outcome.failures.into_iter().map(|f| f.to_string()));
         }
         pipeline.publish().unwrap();

@@ -48,14 +48,14 @@ pub(crate) fn produce(weir: &WeirProcess, from: usize, to: usize, chunk: usize) 
 }
 
 /// A producer on its own thread, writing until told to stop; returns how many it wrote.
-struct Producer {
+pub(crate) struct Producer {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicUsize>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Producer {
-    fn start(http: &str, token: &str, from: usize) -> Producer {
+    pub(crate) fn start(http: &str, token: &str, from: usize) -> Producer {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicUsize::new(from));
         let (url, auth) = (format!("http://{http}/v1/topics/events/events"), format!("Bearer {token}"));
@@ -65,7 +65,12 @@ impl Producer {
             while !thread_stop.load(Ordering::Relaxed) {
                 let i = thread_sent.load(Ordering::Relaxed);
                 let body: String = (i..i + 50).map(|n| event_line(n) + "\n").collect();
-                let response = agent.post(&url).header("authorization", &auth).send(body.as_bytes()).expect("produce");
+                let response = agent
+                    .post(&url)
+                    .header("authorization", &auth)
+                    .header("content-type", "application/x-ndjson")
+                    .send(body.as_bytes())
+                    .expect("produce");
                 assert_eq!(response.status().as_u16(), 200);
                 thread_sent.store(i + 50, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(5));
@@ -74,7 +79,7 @@ impl Producer {
         Producer { stop, sent, thread }
     }
 
-    fn stop(self) -> usize {
+    pub(crate) fn stop(self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("producer");
         self.sent.load(Ordering::Relaxed)

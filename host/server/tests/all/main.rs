@@ -21,5 +21,6 @@ mod ingest;
 mod kafka;
 mod lifecycle;
 mod raw_plugins;
+mod security;
 mod sql;
 mod support;

@@ -295,6 +295,7 @@ fn http_sql_in_three_formats_and_tables() {
         token: None,
         reads_need_token: false,
         admin: None,
+        hosts: weir_host::api::AllowedHosts::loopback(),
     });
     let (addr, stop_tx) = serve_http(&rt, state);
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
@@ -330,14 +331,16 @@ fn http_sql_in_three_formats_and_tables() {
     let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert!(error["error"]["message"].as_str().unwrap().starts_with("weir's SQL is read-only"), "{error}");
 
-    // Like `curl -d`, without a JSON content type.
+    // Like `curl -d` or a cross-origin form, without a JSON content type: a browser sends that
+    // without asking the server first, so it is refused (issue 32).
     let mut response = agent
         .post(&format!("http://{addr}/v1/sql"))
         .header("content-type", "application/x-www-form-urlencoded")
         .send(r#"{"sql": "SELECT 1 AS one"}"#.as_bytes())
         .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    assert_eq!(response.body_mut().read_to_string().unwrap(), r#"[{"one":1}]"#);
+    assert_eq!(response.status().as_u16(), 415);
+    let text = response.body_mut().read_to_string().unwrap();
+    assert!(text.contains("reads a body of type application/json"), "{text}");
 
     let (status, body) = post("application/json", r#"{"query": "SELECT 1"}"#);
     assert_eq!(status, 400);
@@ -385,6 +388,7 @@ fn guarded_listeners_need_the_admin_token_for_reads_too() {
         token: Some(weir_host::auth::AdminToken::new(secret)),
         reads_need_token: true,
         admin: None,
+        hosts: weir_host::api::AllowedHosts::loopback(),
     });
     let (addr, stop_tx) = serve_http(&rt, state);
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();

@@ -225,6 +225,9 @@ impl WeirProcess {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
+        if body.is_some_and(|b| !b.is_empty()) && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+            builder = builder.header("content-type", body_type(path));
+        }
         let sent = match body {
             Some(bytes) => agent.run(builder.body(bytes.to_vec()).expect("request")),
             None => agent.run(builder.body(()).expect("request")),
@@ -282,6 +285,7 @@ impl WeirProcess {
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let mut response = agent
             .post(&format!("http://{}/v1/sql", self.http))
+            .header("content-type", "application/json")
             .header("accept", "text/csv")
             .send(&body[..])
             .expect("POST /v1/sql");
@@ -299,11 +303,17 @@ impl Drop for WeirProcess {
     }
 }
 
+/// The content type the API reads on the route in `path`: a component for a deploy, JSON
+/// (lines) everywhere else.
+pub fn body_type(path: &str) -> &'static str {
+    if path.contains("/v1/plugins?") || path.ends_with("/v1/plugins") { "application/wasm" } else { "application/json" }
+}
+
 /// One HTTP exchange: (status, body).
 pub fn http(method: &str, url: &str, body: Option<&[u8]>) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let mut response = match body {
-        Some(bytes) => agent.post(url).send(bytes),
+        Some(bytes) => agent.post(url).header("content-type", body_type(url)).send(bytes),
         None if method == "GET" => agent.get(url).call(),
         None => agent.post(url).send(&[][..]),
     }

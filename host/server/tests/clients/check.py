@@ -185,7 +185,8 @@ def produce_typed(http, ident, n):
     line = json.dumps({"type": "Typed", "key": ident, "data": {
         "id": ident, "n": n, "x": 1.0, "flag": True, "at": 0, "raw": [1], "nulls": False}})
     request = urllib.request.Request(f"http://{http}/v1/topics/typed/events", data=line.encode(),
-                                     headers={"Authorization": "Bearer " + os.environ["WEIR_TOKEN"]})
+                                     headers={"Authorization": "Bearer " + os.environ["WEIR_TOKEN"],
+                                              "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
 
