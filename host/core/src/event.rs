@@ -114,7 +114,7 @@ pub const HOST_HEADER_PREFIX: &str = "weir-";
 /// The longest plugin name, in bytes: its host topics (`weir.journal.<name>`) and checkpoint
 /// files (`<name>.state.bin`, `<name>.<table>.arrow`) stay well within the limits of topic and
 /// file names (249 and 255 bytes).
-pub const MAX_PLUGIN_NAME: usize = 100;
+pub const MAX_PLUGIN_NAME: usize = 64;
 
 /// Whether `name` can be a topic: 1 to 249 characters of `a-z A-Z 0-9 . _ -`, not `.` or `..`
 /// (Kafka's rule, and a directory name in the embedded log).

@@ -235,15 +235,13 @@ fn accepted_bodies(method: &Method, path: &str) -> &'static [&'static str] {
 
 /// Why a request's body is refused (its content type is not one the route reads), if it is.
 fn body_refusal(method: &Method, path: &str, headers: &HeaderMap) -> Option<(StatusCode, String)> {
+    // A route that reads no body ignores one (its change needs the token, which a page
+    // elsewhere cannot send without asking first).
     let accepted = accepted_bodies(method, path);
-    let declared = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
-    let has_body = headers.get(header::TRANSFER_ENCODING).is_some()
-        || headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|n| n.trim() != "0");
     if accepted.is_empty() {
-        return has_body.then(|| {
-            (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("{method} {path} takes no body; send none; nothing changed"))
-        });
+        return None;
     }
+    let declared = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
     let essence = declared.map(|d| d.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     if essence.as_deref().is_some_and(|e| accepted.contains(&e)) {
         return None;
@@ -396,7 +394,7 @@ fn parse_deploy_query(raw: Option<&str>) -> Result<DeployQuery, ApiError> {
         match key {
             "name" => {
                 let valid = !value.is_empty()
-                    && value.len() <= 64
+                    && value.len() <= weir_core::event::MAX_PLUGIN_NAME
                     && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
                 if !valid {
                     return Err(bad(format!("name {value:?} is not a plugin name (1 to 64 of a-z, 0-9, '-', '_')")));

@@ -503,8 +503,12 @@ pub mod probe {
     /// Send `bytes` to the listener at `addr` in `place` (one of [`PLACES`]) and read the whole
     /// answer. `Ok`: what came back, in short; `Err`: the status (or transport error) message.
     pub async fn send(addr: SocketAddr, place: &str, bytes: &[u8]) -> Result<String, String> {
-        let mut client =
-            FlightServiceClient::connect(format!("http://{addr}")).await.map_err(|e| format!("transport: {e}"))?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("transport: {e}"))?
+            .connect()
+            .await
+            .map_err(|e| format!("transport: {e}"))?;
+        let mut client = FlightServiceClient::new(channel);
         let status = |e: tonic::Status| format!("{:?}: {}", e.code(), e.message());
         let get = |ticket: Vec<u8>| Ticket { ticket: ticket.into() };
         match place {
