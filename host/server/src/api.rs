@@ -123,7 +123,7 @@ impl AllowedHosts {
         };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let loopback = name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        loopback || self.names.iter().any(|n| *n == name)
+        loopback || self.names.contains(&name)
     }
 }
 
