@@ -361,12 +361,13 @@ fn a_timer_fires_within_two_ticks_of_its_time_while_events_arrive_without_pause(
     let config = write_config(dir.path(), &[("alarm", ""), ("tally", "")], "[log]\npartitions = 1\n");
     with_ticks(&config, TICK_MS as u64);
     let weir = serve(&config);
-    let producer = Producer::start(&weir.http, &weir.token, 0);
-    std::thread::sleep(Duration::from_millis(500));
     let arm = br#"{"type": "Arm", "id": "arm-1", "key": "a", "data": {"after_ms": 1000}}"#;
     let (code, text) = weir.post("/v1/topics/alarms/events", arm);
     assert_eq!(code, 200, "{text}");
-    std::thread::sleep(Duration::from_secs(4));
+    // A backlog written as fast as the API takes it, then a producer: every poll finds events.
+    produce(&weir, 0, 60_000, 2_000);
+    let producer = Producer::start(&weir.http, &weir.token, 60_000);
+    std::thread::sleep(Duration::from_secs(3));
     let sent = producer.stop();
     assert!(weir.terminate().success());
     let data = dir.path().join("data");
