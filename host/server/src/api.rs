@@ -242,6 +242,12 @@ fn body_refusal(method: &Method, path: &str, headers: &HeaderMap) -> Option<(Sta
         return None;
     }
     let declared = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
+    let empty = headers.get(header::TRANSFER_ENCODING).is_none()
+        && headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_none_or(|n| n.trim() == "0");
+    if declared.is_none() && empty {
+        // Nothing to read: the route says what it misses.
+        return None;
+    }
     let essence = declared.map(|d| d.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     if essence.as_deref().is_some_and(|e| accepted.contains(&e)) {
         return None;
@@ -306,7 +312,7 @@ async fn guard(State(state): State<Arc<ApiState>>, request: Request, next: Next)
             let response = refuse(
                 StatusCode::FORBIDDEN,
                 format!(
-                    "{method} {path} from a page of {origin}: this API answers only its own dashboard's pages; nothing changed"
+                    "{method} {path} from a page of {origin}: requests from another origin reach only the dashboard's own page; nothing changed"
                 ),
             );
             drain(request).await;

@@ -10,7 +10,7 @@
 //! has not passed [`check_message`]: its body is within the bytes present, it is not compressed,
 //! and its row counts are within the caller's cap.
 
-use datafusion::arrow::ipc::{MessageHeader, root_as_message};
+use datafusion::arrow::ipc::{MessageHeader, Precision, Type, root_as_message};
 
 /// The marker in front of each message's length in the IPC stream format since Arrow 0.15.
 const CONTINUATION: [u8; 4] = [0xff; 4];
@@ -28,7 +28,29 @@ pub(crate) fn check_message(header: &[u8], body_present: usize, max_rows: u64) -
         return Err(format!("an IPC message claims a body of {body} bytes where {body_present} follow"));
     }
     let batch = match message.header_type() {
-        MessageHeader::Schema => return Ok(body),
+        MessageHeader::Schema => {
+            // arrow-ipc panics on type parameters it does not know (an integer 0 bits wide...):
+            // only flat columns of the types parameters take, with the parameters Arrow has.
+            let fields = message.header_as_schema().and_then(|s| s.fields());
+            for field in fields.into_iter().flatten() {
+                let known = match field.type_type() {
+                    Type::Null | Type::Bool | Type::Utf8 | Type::LargeUtf8 | Type::Binary | Type::LargeBinary => true,
+                    Type::Int => field.type_as_int().is_some_and(|i| matches!(i.bitWidth(), 8 | 16 | 32 | 64)),
+                    Type::FloatingPoint => field.type_as_floating_point().is_some_and(|f| {
+                        matches!(f.precision(), Precision::HALF | Precision::SINGLE | Precision::DOUBLE)
+                    }),
+                    _ => false,
+                };
+                if !known || field.children().is_some_and(|c| !c.is_empty()) || field.dictionary().is_some() {
+                    return Err(format!(
+                        "an IPC schema with a column {:?} of a type not accepted here ({:?}); use integers, floats, booleans, text or binary",
+                        field.name().unwrap_or(""),
+                        field.type_type()
+                    ));
+                }
+            }
+            return Ok(body);
+        }
         MessageHeader::RecordBatch => message.header_as_record_batch(),
         MessageHeader::DictionaryBatch => message.header_as_dictionary_batch().and_then(|d| d.data()),
         other => return Err(format!("an IPC message of kind {other:?}, which is not accepted here")),
@@ -40,6 +62,17 @@ pub(crate) fn check_message(header: &[u8], body_present: usize, max_rows: u64) -
     let rows = |n: i64| u64::try_from(n).ok().filter(|n| *n <= max_rows);
     if rows(batch.length()).is_none() {
         return Err(format!("an IPC batch of {} rows, over the {max_rows} accepted here", batch.length()));
+    }
+    // arrow-ipc slices each buffer out of the body and panics on one outside it.
+    for buffer in batch.buffers().into_iter().flatten() {
+        let end = i128::from(buffer.offset()) + i128::from(buffer.length());
+        if buffer.offset() < 0 || buffer.length() < 0 || end > body as i128 {
+            return Err(format!(
+                "an IPC buffer at {} of {} bytes, outside its body of {body} bytes",
+                buffer.offset(),
+                buffer.length()
+            ));
+        }
     }
     for node in batch.nodes().into_iter().flatten() {
         if rows(node.length()).is_none() || rows(node.null_count()).is_none() {
